@@ -1,0 +1,86 @@
+--- advdiff.testing: numerical checks used by the test suites and by users
+-- writing their own ops or autograd functions.
+local core = require "advdiff.core"
+
+local M = {}
+
+local function fmt_shape(t) return "[" .. table.concat(t:shape(), ", ") .. "]" end
+
+--- Compare two tensors (or numbers) elementwise: |a-b| <= atol + rtol*|b|.
+-- Raises an error naming the worst element when they differ.
+function M.assert_close(a, b, opts, msg)
+  opts = opts or {}
+  local atol, rtol = opts.atol or 1e-6, opts.rtol or 1e-5
+  msg = msg and (msg .. ": ") or ""
+  if type(a) == "number" and type(b) == "number" then
+    if not (math.abs(a - b) <= atol + rtol * math.abs(b)) then
+      error(string.format("%snumbers differ: %.10g vs %.10g", msg, a, b), 2)
+    end
+    return true
+  end
+  if type(b) == "number" then b = core.full_like(a, b) end
+  local sa, sb = a:shape(), b:shape()
+  if #sa ~= #sb then error(msg .. "shapes differ: " .. fmt_shape(a) .. " vs " .. fmt_shape(b), 2) end
+  for i = 1, #sa do
+    if sa[i] ~= sb[i] then error(msg .. "shapes differ: " .. fmt_shape(a) .. " vs " .. fmt_shape(b), 2) end
+  end
+  local n = a:numel()
+  local worst, wi, wa, wb = -1, 0, 0, 0
+  for i = 1, n do
+    local x, y = a:_getflat(i), b:_getflat(i)
+    local bad
+    if x ~= x or y ~= y then bad = (x == x) ~= (y == y) and math.huge or 0
+    elseif x == y then bad = 0
+    else bad = math.abs(x - y) - (atol + rtol * math.abs(y)) end
+    if bad > worst then worst, wi, wa, wb = bad, i, x, y end
+  end
+  if worst > 0 then
+    error(string.format("%stensors differ at flat index %d: %.10g vs %.10g (atol %g, rtol %g, shape %s)",
+      msg, wi, wa, wb, atol, rtol, fmt_shape(a)), 2)
+  end
+  return true
+end
+
+--- Gradient check by central finite differences.
+-- fn(...) returns a tensor; inputs is a list of tensors (f64 recommended);
+-- those with requires_grad are checked. The scalar checked is sum(fn(...) * R)
+-- with a fixed random R, so every output element contributes.
+-- opts: eps (1e-6), atol (1e-5), rtol (1e-3), seed.
+function M.gradcheck(fn, inputs, opts)
+  opts = opts or {}
+  local eps, atol, rtol = opts.eps or 1e-6, opts.atol or 1e-5, opts.rtol or 1e-3
+  local out = fn(table.unpack(inputs))
+  local gen = core.Generator(opts.seed or 1234)
+  local R = core.randn(out:shape(), { dtype = out:dtype(), generator = gen })
+  for _, x in ipairs(inputs) do
+    if core.is_tensor(x) and x.requires_grad then x.grad = nil end
+  end
+  local loss = (out * R):sum()
+  loss:backward()
+  local function f()
+    return core.no_grad(function() return (fn(table.unpack(inputs)) * R):sum():item() end)
+  end
+  for k, x in ipairs(inputs) do
+    if core.is_tensor(x) and x.requires_grad then
+      local g = x.grad
+      if g == nil then error(string.format("gradcheck: input %d got no gradient", k), 2) end
+      for i = 1, x:numel() do
+        local orig = x:_getflat(i)
+        x:_setflat(i, orig + eps)
+        local fp = f()
+        x:_setflat(i, orig - eps)
+        local fm = f()
+        x:_setflat(i, orig)
+        local num = (fp - fm) / (2 * eps)
+        local ana = g:_getflat(i)
+        if not (math.abs(num - ana) <= atol + rtol * math.abs(num)) then
+          error(string.format("gradcheck: input %d %s, element %d: analytical %.10g, numerical %.10g",
+            k, fmt_shape(x), i, ana, num), 2)
+        end
+      end
+    end
+  end
+  return true
+end
+
+return M
