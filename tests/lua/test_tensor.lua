@@ -167,7 +167,7 @@ end)
 
 test("bad arguments name the function and what was expected", function()
   raises("bad argument #1 to 'view' (sizes or a shape table expected, got nil)", function() return ad.zeros(2):view(nil) end)
-  raises("bad argument #1 to 'add' (advdiff.Tensor expected, got nil)", function() return ad.add(nil, 1) end)
+  raises("bad argument #1 to 'add' (advdiff.Tensor or number expected, got nil)", function() return ad.add(nil, 1) end)
   raises("bad argument #1 to 'reshape'", function() return ad.reshape(nil, 2) end)
   raises("narrow: start 3 with length 2 exceeds dimension 1 of size 3", function() return ad.zeros(3):narrow(1, 3, 2) end)
   raises("permute: dims must be a permutation", function() return ad.zeros(2, 3):permute(1, 1) end)
