@@ -167,7 +167,8 @@ ad_status ad_l1_loss(ad_tensor **out, const ad_tensor *input, const ad_tensor *t
 ad_status ad_binary_cross_entropy_with_logits(ad_tensor **out, const ad_tensor *logits, const ad_tensor *target,
                                               const ad_tensor *weight, const ad_tensor *pos_weight, ad_reduction r);
 /* logits (N, C) or (N, C, d...), target i64 class indices (N) or (N, d...); 0-based classes;
- * ignore_index < 0 disables; label_smoothing in [0,1) */
+ * a target equal to ignore_index is skipped (PyTorch's default is -100), any other target
+ * outside [0, C) is an error; label_smoothing in [0,1); class weights get no gradient */
 ad_status ad_cross_entropy(ad_tensor **out, const ad_tensor *logits, const ad_tensor *target,
                            const ad_tensor *weight, int64_t ignore_index, double label_smoothing, ad_reduction r);
 ad_status ad_nll_loss(ad_tensor **out, const ad_tensor *logp, const ad_tensor *target,
