@@ -14,7 +14,13 @@ static int finish(lua_State *L, ad_tensor **box, int opts) {
 /* shape args then an optional options table */
 static int shape_and_opts(lua_State *L, int arg, int64_t *shape, int *opts) {
   int next;
-  int n = l_checkshape(L, arg, shape, &next);
+  int n;
+  if (lua_type(L, arg) == LUA_TTABLE && lua_type(L, arg + 1) == LUA_TTABLE && luaL_len(L, arg) == 0) {
+    n = 0;                     /* zeros({}, {dtype=...}): an empty shape, then options */
+    next = arg + 1;
+  } else {
+    n = l_checkshape(L, arg, shape, &next);
+  }
   *opts = 0;
   if (lua_type(L, next) == LUA_TTABLE) *opts = next;
   else if (!lua_isnone(L, next) && !lua_isnil(L, next))
@@ -240,6 +246,24 @@ static int l_tensor_new(lua_State *L) {
   return finish(L, hbox, opts);
 }
 
+/* x:uniform_(a, b, {generator=}) and x:normal_(mean, std, {generator=}): in place, not recorded */
+static int l_uniform_(lua_State *L) {
+  ad_tensor *x = l_checktensor(L, 1);
+  double a = luaL_optnumber(L, 2, 0), b = luaL_optnumber(L, 3, 1);
+  ad_generator *g = l_optgenerator(L, lua_type(L, 4) == LUA_TTABLE ? 4 : 0, "generator");
+  if (ad_uniform_(x, a, b, g) != AD_OK) return l_error(L);
+  lua_settop(L, 1);
+  return 1;
+}
+static int l_normal_(lua_State *L) {
+  ad_tensor *x = l_checktensor(L, 1);
+  double m = luaL_optnumber(L, 2, 0), sd = luaL_optnumber(L, 3, 1);
+  ad_generator *g = l_optgenerator(L, lua_type(L, 4) == LUA_TTABLE ? 4 : 0, "generator");
+  if (ad_normal_(x, m, sd, g) != AD_OK) return l_error(L);
+  lua_settop(L, 1);
+  return 1;
+}
+
 static const luaL_Reg fns[] = {
   {"tensor", l_tensor_new}, {"zeros", l_zeros}, {"ones", l_ones}, {"full", l_full}, {"empty", l_empty},
   {"zeros_like", l_zeros_like}, {"ones_like", l_ones_like}, {"full_like", l_full_like},
@@ -251,6 +275,7 @@ static const luaL_Reg fns[] = {
 static const luaL_Reg meths[] = {
   {"zeros_like", l_zeros_like}, {"ones_like", l_ones_like}, {"full_like", l_full_like},
   {"rand_like", l_rand_like}, {"randn_like", l_randn_like},
+  {"uniform_", l_uniform_}, {"normal_", l_normal_},
   {NULL, NULL},
 };
 

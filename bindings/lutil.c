@@ -220,8 +220,9 @@ ad_device l_checkdevice(lua_State *L, int arg) {
 ad_device l_optdevice(lua_State *L, int opts, const char *name, ad_device def) {
   if (!getopt(L, opts, name)) return def;
   ad_device dev;
-  if (lua_type(L, -1) != LUA_TSTRING || !parse_device(lua_tostring(L, -1), &dev))
-    opterror(L, name, "a device (\"cpu\", \"cuda\" or \"cuda:N\")");
+  if (lua_type(L, -1) != LUA_TSTRING) opterror(L, name, "a device (\"cpu\", \"cuda\" or \"cuda:N\")");
+  if (!parse_device(lua_tostring(L, -1), &dev))
+    luaL_error(L, "option '%s': unknown device '%s' (expected \"cpu\", \"cuda\" or \"cuda:N\")", name, lua_tostring(L, -1));
   lua_pop(L, 1);
   return dev;
 }

@@ -155,6 +155,22 @@ AD_HD double ad_philox_normal(uint64_t seed, uint64_t offset, uint64_t i) {
   double th = 6.283185307179586476925 * u2;
   return (i & 1) ? rad * sin(th) : rad * cos(th);
 }
+/* Elements 2j and 2j+1 of the uniform / normal streams from one Philox block
+ * (what the per-element functions above compute, at half the cost). */
+AD_HD void ad_philox_uniform_pair(uint64_t seed, uint64_t offset, uint64_t j, double *a, double *b) {
+  ad_philox_ctr r = ad_philox4x32_10(seed, offset + j, 0);
+  *a = ad_u32_to_unit(r.v[0], r.v[1]);
+  *b = ad_u32_to_unit(r.v[2], r.v[3]);
+}
+AD_HD void ad_philox_normal_pair(uint64_t seed, uint64_t offset, uint64_t j, double *a, double *b) {
+  ad_philox_ctr r = ad_philox4x32_10(seed, offset + j, 1);
+  double u1 = ad_u32_to_unit_open0(r.v[0], r.v[1]);
+  double u2 = ad_u32_to_unit(r.v[2], r.v[3]);
+  double rad = sqrt(-2.0 * log(u1));
+  double th = 6.283185307179586476925 * u2;
+  *a = rad * cos(th);
+  *b = rad * sin(th);
+}
 /* 64 random bits for element i (randint, randperm) */
 AD_HD uint64_t ad_philox_bits(uint64_t seed, uint64_t offset, uint64_t i) {
   ad_philox_ctr r = ad_philox4x32_10(seed, offset + (i >> 1), 2);

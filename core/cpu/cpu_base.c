@@ -116,25 +116,44 @@ ad_status ad_cpu_fill(ad_tensor *dst, double value) {
   return AD_OK;
 }
 
+static void store_random(char *d, ad_dtype dt, int64_t i, double v) {
+  if (dt == AD_F32) ((float *)d)[i] = (float)v;
+  else if (dt == AD_F64) ((double *)d)[i] = v;
+  else ad_store_elem(d, dt, i, v);
+}
+
+/* Element i comes from Philox block offset + i/2, so pairs are drawn
+ * together and the result does not depend on the thread split. */
 ad_status ad_cpu_random_fill(ad_tensor *dst, int kind, double a, double b, uint64_t seed, uint64_t offset) {
   int64_t n = ad_numel(dst);
   char *d = ad_data(dst);
   ad_dtype dt = dst->dtype;
-  #pragma omp parallel for if (n > 4096)
-  for (int64_t i = 0; i < n; i++) {
-    double v;
-    if (kind == 0) v = a + (b - a) * ad_philox_uniform(seed, offset, (uint64_t)i);
-    else if (kind == 1) v = a + b * ad_philox_normal(seed, offset, (uint64_t)i);
-    else {
-      uint64_t range = (uint64_t)((int64_t)b - (int64_t)a);
-      v = (double)((int64_t)a + (int64_t)(ad_philox_bits(seed, offset, (uint64_t)i) % range));
+  int64_t pairs = (n + 1) / 2;
+  if (kind == 2) {
+    uint64_t range = (uint64_t)((int64_t)b - (int64_t)a);
+    int64_t lo = (int64_t)a;
+    #pragma omp parallel for if (n > 4096)
+    for (int64_t i = 0; i < n; i++) {
+      int64_t v = lo + (int64_t)(ad_philox_bits(seed, offset, (uint64_t)i) % range);
+      if (dt == AD_I64) ((int64_t *)d)[i] = v;
+      else ad_store_elem(d, dt, i, (double)v);
     }
-    if (dt == AD_F32) ((float *)d)[i] = (float)v;
-    else if (dt == AD_F64) ((double *)d)[i] = v;
-    else if (dt == AD_I64 && kind == 2) {
-      uint64_t range = (uint64_t)((int64_t)b - (int64_t)a);
-      ((int64_t *)d)[i] = (int64_t)a + (int64_t)(ad_philox_bits(seed, offset, (uint64_t)i) % range);
-    } else ad_store_elem(d, dt, i, v);
+    return AD_OK;
+  }
+  #pragma omp parallel for if (n > 4096)
+  for (int64_t j = 0; j < pairs; j++) {
+    double u, v;
+    if (kind == 0) {
+      ad_philox_uniform_pair(seed, offset, (uint64_t)j, &u, &v);
+      u = a + (b - a) * u;
+      v = a + (b - a) * v;
+    } else {
+      ad_philox_normal_pair(seed, offset, (uint64_t)j, &u, &v);
+      u = a + b * u;
+      v = a + b * v;
+    }
+    store_random(d, dt, 2 * j, u);
+    if (2 * j + 1 < n) store_random(d, dt, 2 * j + 1, v);
   }
   return AD_OK;
 }
