@@ -160,6 +160,7 @@ int64_t ad_numel(const ad_tensor *t) {
 }
 
 bool ad_is_contiguous(const ad_tensor *t) {
+  if (ad_numel(t) == 0) return true;   /* no element is out of place */
   int64_t s = 1;
   for (int i = t->ndim - 1; i >= 0; i--) {
     if (t->shape[i] != 1 && t->strides[i] != s) return false;

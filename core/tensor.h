@@ -112,5 +112,7 @@ int64_t ad_memory_allocated(ad_device_type d);
 int64_t ad_memory_peak(ad_device_type d);
 void ad_memory_reset_peak(ad_device_type d);
 void ad_memory_account(ad_device_type d, int64_t delta); /* backends call this */
+/* returns the CPU backend's cache of freed large blocks to the system */
+void ad_cpu_empty_cache(void);
 
 #endif
