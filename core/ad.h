@@ -7,4 +7,5 @@
 #include "ops.h"
 #include "autograd.h"
 #include "backend.h"
+#include "autocast.h"
 #endif
