@@ -13,6 +13,7 @@
 #include <string.h>
 #include "../ad.h"
 #include "../backend_nn.h"
+#include "../autocast.h"
 
 typedef struct { double scale; bool causal; } attn_attrs;
 
@@ -67,6 +68,13 @@ ad_status ad_scaled_dot_product_attention(ad_tensor **out, const ad_tensor *q, c
                                           const ad_tensor *v, const ad_tensor *mask, double scale, bool is_causal) {
   static const char *op = "scaled_dot_product_attention";
   char s1[128], s2[128], s3[128];
+  if (ad_autocast_applies((const ad_tensor *[]){q, k, v, mask}, 4)) {   /* autocast (issue 3): run in its dtype */
+    ad_tensor *c[4];
+    ad_status st = ad_autocast_cast(c, (const ad_tensor *[]){q, k, v, mask}, 4);
+    if (st == AD_OK) st = ad_scaled_dot_product_attention(out, c[0], c[1], c[2], c[3], scale, is_causal);
+    ad_autocast_release(c, 4);
+    return st;
+  }
   AD_TRY(ad_nn_check_float(op, "query", q));
   AD_TRY(ad_nn_check_float(op, "key", k));
   AD_TRY(ad_nn_check_float(op, "value", v));
