@@ -233,6 +233,40 @@ static void on_winch(int sig) {
   got_winch = 1;
 }
 
+/* ---- idle work (advdiff.train: run:start() trains between keystrokes) ---
+ * [edit by the trainer engineer, issue 7] While the prompt waits for a key,
+ * the Lua function ad._repl_idle (if the advdiff module defines it) is called
+ * repeatedly; it returns (again, message): `again` false stops the calls
+ * until the next line is read, and a message is printed above the prompt,
+ * which is then redrawn with the line being typed. Errors are printed and
+ * stop the calls for this line. */
+static int idle_call(lua_State *L, int *again) {
+  int top = lua_gettop(L), status;
+  *again = 0;
+  if (lua_getglobal(L, "package") != LUA_TTABLE || lua_getfield(L, -1, "loaded") != LUA_TTABLE ||
+      lua_getfield(L, -1, "advdiff") != LUA_TTABLE || lua_getfield(L, -1, "_repl_idle") != LUA_TFUNCTION) {
+    lua_settop(L, top);
+    return 0;
+  }
+  status = lua_pcall(L, 0, 2, 0);
+  if (status != LUA_OK) {
+    rl_clear_visible_line();
+    fprintf(stderr, "idle task: %s\n", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
+    fflush(stderr);
+    rl_forced_update_display();
+  } else {
+    *again = lua_toboolean(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      rl_clear_visible_line();
+      fprintf(rl_outstream, "%s\n", lua_tostring(L, -1));
+      fflush(rl_outstream);
+      rl_forced_update_display();
+    }
+  }
+  lua_settop(L, top);
+  return 1;
+}
+
 /* One line from the terminal. SIGINT and SIGWINCH stay blocked except inside
  * pselect, so a signal is never lost between the check and the wait. */
 static int read_tty(const char *prompt, char **out) {
@@ -254,12 +288,18 @@ static int read_tty(const char *prompt, char **out) {
   cb_done = 0;
   cb_line = NULL;
   rl_callback_handler_install(prompt, on_line);
+  int idle = replL != NULL; /* idle work (see idle_call) until it says it is done */
   while (!cb_done) {
     fd_set fds;
     int r;
+    const struct timespec poll_ts = {0, 10 * 1000 * 1000};
     FD_ZERO(&fds);
     FD_SET(fd, &fds);
-    r = pselect(fd + 1, &fds, NULL, NULL, NULL, &orig);
+    r = pselect(fd + 1, &fds, NULL, NULL, idle ? &poll_ts : NULL, &orig);
+    if (r == 0) {
+      if (!idle_call(replL, &idle)) idle = 0;
+      continue;
+    }
     if (got_winch) {
       got_winch = 0;
       rl_resize_terminal();

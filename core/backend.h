@@ -19,6 +19,7 @@ struct ad_reduce_kernels;       /* backend_reduce.h */
 struct ad_blas_kernels;         /* backend_blas.h */
 struct ad_conv_kernels;         /* backend_conv.h: conv, pooling, resampling, pad */
 struct ad_nn_kernels;           /* backend_nn.h: norms, softmax, attention, embedding, dropout, losses */
+struct ad_optim_kernels;        /* backend_optim.h: fused optimizer steps, EMA, grad norms */
 
 typedef struct ad_backend {
   const char *name;                       /* "cpu" | "cuda" */
@@ -45,6 +46,7 @@ typedef struct ad_backend {
   const struct ad_blas_kernels *blas;
   const struct ad_conv_kernels *conv;
   const struct ad_nn_kernels *nn;
+  const struct ad_optim_kernels *optim;
 } ad_backend;
 
 /* The backend of a device; NULL (with the error set) when that device is not

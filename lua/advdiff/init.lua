@@ -112,11 +112,23 @@ function ad.checkpoint(fn, ...)
   return Checkpoint(fn, ...)
 end
 
+-- ad.log is both PyTorch's elementwise log (ad.log(x)) and the logging
+-- library (ad.log.Logger, ...): a callable table that loads the library on
+-- first field access.
+local loglib
+ad.log = setmetatable({}, {
+  __call = function(_, ...) return core.log(...) end,
+  __index = function(t, k)
+    loglib = loglib or require "advdiff.log"
+    return loglib[k]
+  end,
+})
+
 -- Lua libraries, loaded when first used
 local lazy = {
   nn = "advdiff.nn", optim = "advdiff.optim", models = "advdiff.models", diffusion = "advdiff.diffusion",
   data = "advdiff.data", train = "advdiff.train", metrics = "advdiff.metrics", sweep = "advdiff.sweep",
-  log = "advdiff.log", testing = "advdiff.testing", config = "advdiff.config", image = "advdiff.image",
+  testing = "advdiff.testing", config = "advdiff.config", image = "advdiff.image",
   cuda = "advdiff.cuda", amp = "advdiff.amp",
 }
 setmetatable(ad, {
