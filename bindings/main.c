@@ -446,7 +446,12 @@ static int handle_script(lua_State *L, char **argv) {
   int status;
   const char *fname = argv[0];
   if (strcmp(fname, "-") == 0 && strcmp(argv[-1], "--") != 0) fname = NULL; /* stdin */
-  status = luaL_loadfile(L, fname);
+  /* [sweep, issue 9] `advdiff sweep FILE ...` runs the built-in sweep command
+   * (lua/advdiff/sweep/cli.lua) unless a script file named "sweep" exists */
+  if (fname && strcmp(fname, "sweep") == 0 && access(fname, F_OK) != 0)
+    status = luaL_loadstring(L, "return require('advdiff.sweep.cli').main(...)");
+  else
+    status = luaL_loadfile(L, fname);
   if (status == LUA_OK) {
     int n = pushargs(L);
     status = l_cli_docall(L, n, LUA_MULTRET);

@@ -4,7 +4,10 @@
 # nothing is missing. Run as root (or with sudo available).
 #   scripts/setup.sh          build + run dependencies
 #   scripts/setup.sh --test   also what the test suite uses (PyTorch/NumPy for
-#                             cross-checks, clang for the sanitizer build)
+#                             cross-checks, clang for the sanitizer build,
+#                             Jupyter for the notebook test)
+# When Jupyter is present, the advdiff kernel spec is installed at the end
+# (jupyter/install.sh: system-wide as root, else for the current user).
 set -euo pipefail
 
 pkgs=(cmake make gcc g++ pkg-config
@@ -14,9 +17,11 @@ pkgs=(cmake make gcc g++ pkg-config
       libstb-dev
       libreadline-dev
       zlib1g-dev
-      dataset-fashion-mnist)
+      dataset-fashion-mnist
+      gnuplot-nox)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3 python3-numpy python3-torch)
+  pkgs+=(python3 python3-numpy python3-torch
+         jupyter-client python3-ipykernel jupyter-nbconvert python3-nbconvert)
 fi
 
 missing=()
@@ -25,12 +30,16 @@ for p in "${pkgs[@]}"; do
 done
 if ((${#missing[@]} == 0)); then
   echo "setup: all ${#pkgs[@]} packages present"
-  exit 0
+else
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "setup: done"
 fi
-echo "setup: installing ${missing[*]}"
-SUDO=""
-[[ $(id -u) -eq 0 ]] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "setup: done"
+# the advdiff Jupyter kernel (issue 9), wherever Jupyter is installed
+if command -v jupyter >/dev/null 2>&1 && /usr/bin/python3 -c 'import ipykernel' >/dev/null 2>&1; then
+  "$(dirname "$0")/../jupyter/install.sh" || echo "setup: the advdiff Jupyter kernel was not installed"
+fi
