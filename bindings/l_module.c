@@ -132,6 +132,11 @@ int luaopen_advdiff_core(lua_State *L) {
   l_register_linalg(L, mod, methods);
   l_register_nn(L, mod, methods);
   l_register_io(L, mod, methods);
+  l_register_data(L, mod, methods);
+  l_register_optim(L, mod, methods);
+  l_register_metrics(L, mod, methods);
+  l_register_cuda(L, mod, methods);
+  l_register_proc(L, mod, methods);  /* [sweep/jupyter, issue 9] */
 
   lua_pushvalue(L, methods);
   lua_setfield(L, mod, "Tensor");                   /* ad.Tensor: the method table, for extension */

@@ -76,6 +76,11 @@ void l_register_reduce(lua_State *L, int mod, int methods);      /* l_reduce.c *
 void l_register_linalg(lua_State *L, int mod, int methods);      /* l_linalg.c: matmul, conv, pool, resample */
 void l_register_nn(lua_State *L, int mod, int methods);          /* l_nn.c: norms, softmax, attention, losses */
 void l_register_io(lua_State *L, int mod, int methods);          /* l_io.c: load/save, formats, images */
+void l_register_data(lua_State *L, int mod, int methods);        /* l_data.c: the threaded data loader, IDX */
+void l_register_optim(lua_State *L, int mod, int methods);       /* l_optim.c: fused optimizer steps */
+void l_register_metrics(lua_State *L, int mod, int methods);     /* l_metrics.c: cdist, eigh, k-NN radii, covariance */
+void l_register_cuda(lua_State *L, int mod, int methods);        /* l_cuda.c: ad.cuda device functions, ad.autocast */
+void l_register_proc(lua_State *L, int mod, int methods);        /* l_proc.c: child processes, SIGINT (sweeps, Jupyter) */
 
 /* Set a table of functions as fields of the table at mod and (if methods != 0
  * and as_method) the methods table */
