@@ -73,6 +73,33 @@ AD_HD float ad_f16_to_f32(uint16_t h) {
   return ad_bits_f32(u);
 }
 
+/* exp for f32 without a libm call, so CPU loops over it vectorise (with
+ * -fno-trapping-math, which cpu_elementwise/reduce/softmax set for their files): x = n ln2 + r
+ * with |r| <= ln2/2, Cephes expf's polynomial for e^r, and 2^n assembled in
+ * the exponent bits in two halves (each a normal float, so results that
+ * underflow to subnormals round correctly). Max error 1.4 ulp; overflows to
+ * inf above 88.72, underflows to 0; NaN propagates. The integer n is read
+ * from the bits of the rounded sum, so a NaN never meets a float-to-int
+ * conversion (undefined in C). */
+AD_HD float ad_fast_expf(float x) {
+  float xs = x > 89.0f ? 89.0f : x;
+  xs = xs < -105.0f ? -105.0f : xs; /* e^-105 rounds to 0 */
+  const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+  const float t = xs * 1.44269504088896341f + magic;
+  const float n = t - magic;
+  const int32_t ni = (int32_t)(ad_f32_bits(t) - 0x4B400000u), n1 = ni >> 1, n2 = ni - n1;
+  float r = xs - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  return e * ad_bits_f32((uint32_t)(n1 + 127) << 23) * ad_bits_f32((uint32_t)(n2 + 127) << 23);
+}
+
 /* ---- activations (f64 versions are what gradcheck exercises) ----------- */
 AD_HD double ad_sigmoid(double x) {
   if (x >= 0) return 1.0 / (1.0 + exp(-x));

@@ -41,31 +41,9 @@
 #define EW_OMP_MIN_CHEAP 65536  /* add, mul, copy-like ops: below this, one thread */
 #define EW_OMP_MIN_HEAVY 4096   /* exp, pow, gelu ...: worth threading sooner */
 
-/* exp for f32 without a libm call, so loops over it vectorise: x = n ln2 + r
- * with |r| <= ln2/2, Cephes expf's polynomial for e^r, and 2^n assembled in
- * the exponent bits in two halves (each a normal float, so results that
- * underflow to subnormals round correctly). Max error 1.4 ulp; overflows to
- * inf above 88.72, underflows to 0; NaN propagates. The integer n is read
- * from the bits of the rounded sum, so a NaN never meets a float-to-int
- * conversion (undefined in C). */
-static inline float ew_expf(float x) {
-  float xs = x > 89.0f ? 89.0f : x;
-  xs = xs < -105.0f ? -105.0f : xs; /* e^-105 rounds to 0 */
-  const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-  const float t = xs * 1.44269504088896341f + magic;
-  const float n = t - magic;
-  const int32_t ni = (int32_t)(ad_f32_bits(t) - 0x4B400000u), n1 = ni >> 1, n2 = ni - n1;
-  float r = xs - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  return e * ad_bits_f32((uint32_t)(n1 + 127) << 23) * ad_bits_f32((uint32_t)(n2 + 127) << 23);
-}
+/* ew_expf: the shared vectorisable f32 exp of mathinl.h */
+#define ew_expf ad_fast_expf
+
 /* mathinl.h's ad_sigmoidf (e^-|x| keeps it stable) on ew_expf */
 static inline float ew_sigmoidf(float x) {
   const float e = ew_expf(-fabsf(x));

@@ -6,10 +6,17 @@
  * is a contiguous span. Otherwise the L elements of one column are `inner`
  * apart, so columns are processed in blocks of SM_BLOCK adjacent ones: each
  * pass over L then reads SM_BLOCK contiguous values per step instead of one
- * per cache line. */
+ * per cache line.
+ *
+ * no-trapping-math (as in cpu_elementwise.c) lets gcc if-convert the clamps
+ * of mathinl.h's ad_fast_expf, so the exp loops vectorise. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <math.h>
 #include "../backend.h"
 #include "../backend_nn.h"
+#include "../mathinl.h"
 #include "cpu_iter.h"
 
 #define SM_INLINE static inline __attribute__((always_inline))
@@ -23,34 +30,8 @@ SM_INLINE void stv(void *p, int64_t i, double v, int f64) {
   else ((float *)p)[i] = (float)v;
 }
 
-/* exp(x) in f32 for SIMD loops: Cody-Waite reduction to |r| <= ln2/2 and
- * Cephes' degree-6 polynomial (max relative error ~1e-7), 2^n built from the
- * exponent bits. Written with integer masks instead of ?: selects, because
- * under the default -ftrapping-math GCC will not if-convert float compares
- * feeding arithmetic, and a loop over libm's expf does not vectorize either.
- * exp(-inf) = 0, exp(+inf) = inf, NaN stays NaN, results below ~1e-38
- * flush to 0. */
-typedef union { float f; int32_t i; } sm_fbits;
-SM_INLINE float vexpf(float x) {
-  sm_fbits ux = {x}, lo = {-88.0f}, hi = {88.0f}, inf = {INFINITY}, xc, m, two_n, y;
-  int32_t mlo = -(int32_t)(x < -88.0f), mhi = -(int32_t)(x > 88.0f);  /* all-ones masks */
-  xc.i = (ux.i & ~(mlo | mhi)) | (lo.i & mlo) | (hi.i & mhi);        /* clamp; NaN passes */
-  m.f = xc.f * 1.44269504088896341f + 12582912.0f;  /* 1.5*2^23: low mantissa bits = round(x/ln2) */
-  float n = m.f - 12582912.0f;
-  float r = xc.f - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  two_n.i = (m.i - 0x4B400000 + 127) << 23;          /* n in [-127, 127] */
-  y.f = p * two_n.f;
-  y.i = (y.i & ~(mlo | mhi)) | (inf.i & mhi);        /* x < -88: +0, x > 88: inf */
-  return y.f;
-}
+/* vexpf: the shared vectorisable f32 exp of mathinl.h */
+#define vexpf ad_fast_expf
 
 /* exp in the data's precision: the f32 one is the SIMD-friendly vexpf */
 SM_INLINE double expv(double v, int f64) { return f64 ? exp(v) : (double)vexpf((float)v); }
