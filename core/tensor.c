@@ -91,13 +91,18 @@ void ad_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides) {
 static ad_status check_shape(int ndim, const int64_t *shape, int64_t *numel) {
   if (ndim < 0 || ndim > AD_MAX_DIMS)
     return AD_FAIL(AD_ESHAPE, "tensors have at most %d dimensions, got %d", AD_MAX_DIMS, ndim);
-  int64_t n = 1;
+  /* the product of the non-zero sizes is bounded too: strides are computed
+   * from it even when another size is 0 */
+  int64_t n = 1, nz = 1;
+  bool empty = false;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) return AD_FAIL(AD_ESHAPE, "negative size %lld in dimension %d", (long long)shape[i], i + 1);
-    if (shape[i] != 0 && n > INT64_MAX / 16 / shape[i])
+    if (shape[i] == 0) { empty = true; continue; }
+    if (nz > INT64_MAX / 16 / shape[i])
       return AD_FAIL(AD_ESHAPE, "shape is too large (more than 2^59 elements)");
-    n *= shape[i];
+    nz *= shape[i];
   }
+  n = empty ? 0 : nz;
   *numel = n;
   return AD_OK;
 }

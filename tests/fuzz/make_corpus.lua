@@ -45,6 +45,7 @@ local small = { ["out.2.bias"] = sd["out.2.bias"], ["time_embed.0.bias"] = sd["t
                 ["bn1.num_batches_tracked"] = rn["bn1.num_batches_tracked"], ["bn1.running_var"] = rn["bn1.running_var"] }
 local base = sd["out.2.bias"]
 local tmp = os.tmpname()
+os.remove(tmp)   -- only its name is used, with suffixes
 local function via(ext, value, opts)
   local p = tmp .. ext
   ad.save(p, value, opts)
