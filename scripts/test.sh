@@ -22,5 +22,5 @@ if [[ "${1:-}" != "--quick" ]]; then
   ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:suppressions=$PWD/tests/asan.supp" \
   LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-    ctest --test-dir build-asan --output-on-failure -j"$jobs" -LE no_sanitize
+    ctest --test-dir build-asan --output-on-failure -j"$jobs" -LE "no_sanitize|fuzz"
 fi
