@@ -4,9 +4,10 @@
  *  - oneDNN (when built with AD_HAVE_DNNL, f32 only): primitives chosen with
  *    "any" memory formats, so oneDNN picks its blocked layouts (nChw8c with
  *    jit:avx2 kernels on this class of machine) and we reorder from and to
- *    plain NCHW around each call. Measured at ADM's shapes on 2 threads this
- *    beats both plain-NCHW oneDNN (which falls back to its gemm kernels) and
- *    im2col + OpenBLAS by 20-40% (tests/bench/README.md has the figures).
+ *    plain NCHW around each call. Measured at ADM's shapes on 2 threads,
+ *    forward+backward, this beats plain-NCHW oneDNN (which then uses its gemm
+ *    kernels) by 7-16% and im2col + OpenBLAS by 9-36%, reorders included
+ *    (tests/bench/README.md has the figures).
  *    Primitives and their reorders are cached per shape in a small LRU, so a
  *    training step does not rebuild them.
  *  - im2col + OpenBLAS GEMM: f64 (gradchecks), builds without oneDNN, and any
