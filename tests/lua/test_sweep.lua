@@ -172,7 +172,17 @@ test("resume: a killed sweep continues, finished runs are not run again, the hal
     assert(now() < deadline, "the sweep did not finish two runs: " .. read(dir .. "/sweep.log"))
     ad._proc_sleep(0.05)
   end
-  ad._proc_sleep(0.2)
+  -- kill only once run 3 has really started (its marker is written at start-up,
+  -- which can take a while on a loaded machine)
+  local mark3 = ((s.out .. "/" .. runs[3].id):gsub("[/=,]", "_"))
+  local function started3()
+    for _, f in ipairs(listdir(marks)) do if f:sub(1, #mark3 + 1) == mark3 .. "." then return true end end
+    return false
+  end
+  while not started3() do
+    assert(now() < deadline + 20, "run 3 did not start: " .. read(dir .. "/sweep.log"))
+    ad._proc_sleep(0.05)
+  end
   ad._proc_kill(pid, 15)
   local how = ad._proc_wait(pid, true)
   assert(how == "signal")
