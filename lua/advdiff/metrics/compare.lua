@@ -17,6 +17,11 @@
 -- and the change between the two models, is recomputed on each resample.
 -- In a resample, copies of one point are one point to the k-NN radii and
 -- to KID's unbiased estimator (they are never each other's neighbour).
+-- Intervals are the percentile intervals re-centred on the estimates (see
+-- bootstrap_ci: FID and the k-NN metrics drift with the number of distinct
+-- samples in a resample); the drift is kept in the results and flagged in
+-- the notes when it exceeds half the interval. Below the sample sizes in
+-- RELIABLE_N the notes say so and how wide the intervals are.
 local core = require "advdiff.core"
 local U = require "advdiff.metrics.util"
 local sharp = require "advdiff.metrics.sharpness"
@@ -221,10 +226,14 @@ function M.compare(opts)
       N[key] = x:shape()[1]
     end
   end
-  local feats = opts.features
-  if feats ~= nil then
+  local feats
+  if opts.features ~= nil then
+    if type(opts.features) ~= "table" or core.is_tensor(opts.features) then
+      error("compare: option 'features' must be {real=, a=, b=} feature tensors", 2)
+    end
+    feats = {}
     for _, key in ipairs { "real", "a", "b" } do
-      feats[key] = U.features("compare", "features." .. key, feats[key])
+      feats[key] = U.features("compare", "features." .. key, opts.features[key])
       if N[key] and N[key] ~= feats[key]:shape()[1] then
         error(string.format("compare: %d images but %d feature rows for '%s'", N[key], feats[key]:shape()[1], key), 2)
       end
@@ -412,6 +421,9 @@ function M.compare(opts)
   end
   if not feats then
     warnings[#warnings + 1] = "No feature extractor (opts.extractor) or features: precision, recall, density, coverage, FID and KID were not computed."
+  elseif N.a ~= N.b then
+    warnings[#warnings + 1] = string.format("The generated sets differ in size (%s %d, %s %d): FID and the k-NN metrics "
+      .. "depend on N, so their change mixes model and sample size; compare at equal N.", names[1], N.a, names[2], N.b)
   end
 
   -- spectra -----------------------------------------------------------------
@@ -470,8 +482,8 @@ function M.markdown(res)
   local L = {}
   L[#L + 1] = string.format("# Evaluation: %s vs %s", n1, n2)
   L[#L + 1] = ""
-  L[#L + 1] = string.format("N: real %d, %s %d, %s %d. Image range [%g, %g].", res.n.real, n1, res.n.a, n2, res.n.b,
-    res.range[1], res.range[2])
+  L[#L + 1] = string.format("N: real %d, %s %d, %s %d.%s", res.n.real, n1, res.n.a, n2, res.n.b,
+    res.metrics.sharpness and string.format(" Float images taken in [%g, %g].", res.range[1], res.range[2]) or "")
   if res.bootstrap > 0 then
     L[#L + 1] = string.format("Intervals: %d%% percentile bootstrap over %d resamples of the real and generated sets (%s, seed %d), "
       .. "re-centred on the estimates (results.json keeps the shifts).",
