@@ -1,0 +1,483 @@
+--- quickstart: the paper's method end to end, out of the box, on Fashion-MNIST.
+--
+--   build/advdiff experiments/quickstart.lua                      -- scale=small (<= 20 min, 2 CPU cores)
+--   build/advdiff experiments/quickstart.lua --set scale=tiny     -- a smoke run (~1 min, 2 CPU cores)
+--   build/advdiff experiments/quickstart.lua --set scale=full --set device=cuda
+--   build/advdiff experiments/quickstart.lua --set lambda_adv=0.004 --set gate_region=0.25 --set out=runs/qs-l4
+--
+-- The official checkpoints and ImageNet are large licensed downloads, so this
+-- experiment builds its own stand-ins on a dataset Debian installs
+-- (dataset-fashion-mnist) and then runs the paper's protocol unchanged:
+--
+--   1 pretrain   a small class-conditional ADM (guided-diffusion's UNetModel scaled down:
+--                32x32, 1 channel, 32 channels, mult 1,2,2, one res block per level,
+--                attention at 8x8, learned sigma, 10 classes; cosine schedule, hybrid
+--                loss) on Fashion-MNIST padded to 32x32 in [-1, 1]; EMA weights kept
+--   2 classifier a ResNet18 classifier (the "ImageNet-pretrained" backbone of the
+--                discriminator; the grey channel is replicated to 3 by the discriminator's
+--                own [-1,1] -> ImageNet mean/std mapping) and, separately, a small CNN
+--                classifier with another architecture and seed whose penultimate features
+--                are the evaluation's eye (Inception's role)
+--   3 adversarial the paper's protocol with ad.train.adversarial: D warm-up with G frozen,
+--                then joint training with lambda ramped linearly from 0 to lambda_adv and
+--                the adversarial term gated to mean(t)/(T-1) <= gate_region; training on
+--                the diffusion respaced to 100 steps, as in the paper
+--   4 evaluate   samples of the pretrained and the fine-tuned model from the same noise
+--                and labels (respaced sampling), against real test images of the same
+--                labels: sharpness, precision, recall, density, coverage, FID, KID,
+--                discriminator scores, the Table-1 comparison with percentage change
+--                (ad.metrics.compare), sample grids side by side, loss curves
+--
+-- Every stage is cached under the output folder (out/<stage>/ holds the weights and a
+-- DONE marker with the stage's settings): a rerun loads what is done and does the rest.
+-- A stage whose settings changed (say pretrain_steps) is redone, and so is everything
+-- after it. The adversarial stage also resumes from its last checkpoint when interrupted.
+--
+-- Outputs (out = runs/quickstart by default): report.md, results.json (flat: the
+-- fine-tuned model's sharpness, precision, recall, fid, ... at the top level, the
+-- pretrained model's under "pretrained", changes in % under "change_pct", timings),
+-- eval/ (table.md, compare's results.json, samples.png, spectrum.png, real.png),
+-- plots/ (loss curves of every stage), adversarial/ (the trainer's log.jsonl,
+-- metrics.csv, plots/, checkpoint), the stages' weights as .safetensors.
+--
+-- Config keys (--set key=value): scale, out, seed, device, lambda_adv, gate_region,
+-- lr_g, lr_d, and per stage the counts below; a scale preset fills every count the
+-- command line does not set.
+local ad = require "advdiff"
+local nn = ad.nn
+local logm = require "advdiff.log"
+local json = require "advdiff.log.json"
+local config = require "advdiff.config"
+
+local PRESETS = {
+  -- smoke run: every stage runs, nothing is learnt to speak of
+  tiny = {
+    pretrain_steps = 60, pretrain_batch = 16, pretrain_lr = 1e-3, pretrain_ema = 0.9,
+    classifier_steps = 30, classifier_batch = 32, featnet_steps = 80, featnet_batch = 32,
+    warmup_steps = 4, steps = 8, adv_batch = 8, adv_per_class = 50, lr_g = 2e-5,
+    eval_n = 40, sample_steps = 10, bootstrap = 50,
+  },
+  -- the default: under 20 minutes on 2 CPU cores
+  small = {
+    pretrain_steps = 350, pretrain_batch = 32, pretrain_lr = 5e-4, pretrain_ema = 0.995,
+    classifier_steps = 100, classifier_batch = 64, featnet_steps = 300, featnet_batch = 64,
+    warmup_steps = 40, steps = 80, adv_batch = 16, adv_per_class = 500, lr_g = 2e-5,
+    eval_n = 100, sample_steps = 25, bootstrap = 200,
+  },
+  -- for a GPU: the paper's step counts and batch size
+  full = {
+    pretrain_steps = 20000, pretrain_batch = 128, pretrain_lr = 2e-4, pretrain_ema = 0.9999,
+    classifier_steps = 3000, classifier_batch = 128, featnet_steps = 3000, featnet_batch = 128,
+    warmup_steps = 500, steps = 1000, adv_batch = 32, adv_per_class = 500, lr_g = 5e-6,
+    eval_n = 1000, sample_steps = 50, bootstrap = 200,
+  },
+}
+
+local cfg = ad.config {
+  scale = "small", out = "runs/quickstart", seed = 0, device = "cpu",
+  lambda_adv = 0.002, gate_region = 0.5, lr_d = 4e-5, lr_g = 5e-6,
+  pretrain_steps = 0, pretrain_batch = 0, pretrain_lr = 0.0, pretrain_ema = 0.0,
+  classifier_steps = 0, classifier_batch = 0, featnet_steps = 0, featnet_batch = 0,
+  warmup_steps = 0, steps = 0, adv_batch = 0, adv_per_class = 0,
+  train_respacing = 100, eval_n = 0, sample_steps = 0, bootstrap = 0,
+  data = "/usr/share/datasets/fashion-mnist",
+}
+local preset = PRESETS[cfg.scale]
+if not preset then error("quickstart: scale must be tiny, small or full, got '" .. cfg.scale .. "'", 0) end
+for k, v in pairs(preset) do
+  if config.overrides[k] == nil then cfg[k] = v end
+end
+local out = cfg.out:gsub("/+$", "")
+local dev = cfg.device ~= "cpu" and cfg.device or nil
+local T_START = ad._now()
+
+local function say(fmt, ...) io.stdout:write(string.format(fmt, ...), "\n"); io.stdout:flush() end
+local function exists(p) local f = io.open(p, "r"); if f then f:close() end return f ~= nil end
+local function read_json(p)
+  local f = io.open(p, "r")
+  if not f then return nil end
+  local s = f:read("a"); f:close()
+  local ok, v = pcall(json.decode, s)
+  return ok and v or nil
+end
+local function write_file(p, s)
+  local f = assert(io.open(p, "w"))
+  f:write(s); f:close()
+end
+local function write_json(p, v) write_file(p, json.encode(v, { indent = "  " }) .. "\n") end
+local function num_params(m) local n = 0; for _, p in ipairs(m:parameters()) do n = n + p:numel() end return n end
+
+logm.mkdir(out)
+logm.mkdir(out .. "/plots")
+
+say("quickstart: scale=%s out=%s seed=%d device=%s lambda_adv=%g gate_region=%g", cfg.scale, out, cfg.seed,
+  cfg.device, cfg.lambda_adv, cfg.gate_region)
+
+---------------------------------------------------------------------------- models and data
+
+-- guided-diffusion's UNetModel at 32x32 on one channel (create_model_and_diffusion's names)
+local MODEL = {
+  image_size = 32, num_channels = 32, num_res_blocks = 1, channel_mult = "1,2,2", attention_resolutions = "8",
+  num_heads = 1, num_head_channels = -1, num_heads_upsample = -1, use_scale_shift_norm = true,
+  resblock_updown = false, use_new_attention_order = false, learn_sigma = true, class_cond = true,
+  num_classes = 10, in_channels = 1, dropout = 0.0, use_fp16 = false, use_checkpoint = false,
+  diffusion_steps = 1000, noise_schedule = "cosine", timestep_respacing = "", use_kl = false,
+  predict_xstart = false, rescale_timesteps = false, rescale_learned_sigmas = false,
+}
+local function diffusion(respacing)
+  local o = {}
+  for k, v in pairs(MODEL) do o[k] = v end
+  o.timestep_respacing = respacing
+  return ad.diffusion.create(o)
+end
+local function new_unet()
+  local m = ad.models.adm.UNetModel(MODEL)
+  if dev then m:to(dev) end
+  return m
+end
+
+-- the discriminator's input mapping, shared by its classifier pretraining: [-1, 1] -> [0, 1]
+-- -> ImageNet mean/std; (N, 1, H, W) broadcasts against the (1, 3, 1, 1) statistics, which
+-- replicates the grey channel to the 3 channels ResNet18 expects
+local MEAN = ad.tensor({ 0.485, 0.456, 0.406 }):view(1, 3, 1, 1)
+local STD = ad.tensor({ 0.229, 0.224, 0.225 }):view(1, 3, 1, 1)
+if dev then MEAN, STD = MEAN:to { device = dev }, STD:to { device = dev } end
+local function to_rgb(x) return ((x + 1) * 0.5 - MEAN) / STD end
+
+local function new_resnet()
+  local m = ad.models.resnet18 { num_classes = 10 }
+  if dev then m:to(dev) end
+  return m
+end
+
+-- the evaluation's feature network: a small CNN classifier on [0, 1] images; its
+-- 128-d penultimate activations are the features of FID, precision/recall, density/coverage
+local FeatNet = nn.Module:extend("FeatNet")
+function FeatNet:__init()
+  self.body = nn.Sequential(
+    nn.Conv2d(1, 32, 3, { padding = 1 }), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Conv2d(32, 64, 3, { padding = 1 }), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Conv2d(64, 128, 3, { padding = 1 }), nn.BatchNorm2d(128), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+  self.fc1 = nn.Linear(128, 128)
+  self.fc2 = nn.Linear(128, 10)
+end
+function FeatNet:features(x) return ad.relu(self.fc1(self.body(x):flatten(2))) end
+function FeatNet:forward(x) return self.fc2(self:features(x)) end
+local function new_featnet()
+  local m = FeatNet()
+  if dev then m:to(dev) end
+  return m
+end
+
+local function loader(split, batch, opts)
+  opts = opts or {}
+  local ds = ad.data.FashionMNIST { root = cfg.data, split = split, max_per_class = opts.max_per_class }
+  return ad.data.DataLoader(ds, { batch_size = batch, pad = 2, pad_value = 0, channels = 1, seed = opts.seed or cfg.seed,
+    shuffle = opts.shuffle, drop_last = opts.drop_last, device = cfg.device })
+end
+
+---------------------------------------------------------------------------- stage cache
+
+local STAGE_ORDER = { "pretrain", "classifier", "featnet", "adversarial", "eval" }
+local timings, redone = {}, {}
+
+-- the settings a stage depends on, as a canonical string (json.encode sorts keys)
+local function signature(settings) return json.encode(settings) end
+
+-- Run a stage or load it. models: {file_stem = module}; train(dir) -> info table.
+local function stage(name, settings, models, train, upstream)
+  local dir = out .. "/" .. name
+  local sig = signature(settings)
+  local marker = read_json(dir .. "/DONE")
+  local stale_upstream = false
+  for _, u in ipairs(upstream or {}) do if redone[u] then stale_upstream = true end end
+  if marker and marker.signature == sig and not stale_upstream then
+    local ok, err = pcall(function()
+      for stem, m in pairs(models) do m:load_state_dict(ad.load(dir .. "/" .. stem .. ".safetensors")) end
+    end)
+    if ok then
+      say("[%s] done before (%s): loaded", name, dir)
+      timings[name] = marker.info and marker.info.seconds or 0
+      return marker.info or {}
+    end
+    say("[%s] cached weights do not load (%s): redoing the stage", name, tostring(err))
+  elseif marker then
+    say("[%s] %s: redoing the stage", name, stale_upstream and "an earlier stage was redone" or "settings changed")
+  end
+  os.remove(dir .. "/DONE")
+  logm.mkdir(dir)
+  say("[%s] running", name)
+  local t0 = ad._now()
+  local info = train(dir, sig) or {}
+  info.seconds = ad._now() - t0
+  for stem, m in pairs(models) do ad.save(dir .. "/" .. stem .. ".safetensors", (m:state_dict())) end
+  write_json(dir .. "/DONE", { stage = name, signature = sig, settings = settings, info = info })
+  timings[name] = info.seconds
+  redone[name] = true
+  say("[%s] done in %.1f s", name, info.seconds)
+  return info
+end
+
+local function curves(path, title, hist)
+  local ok, err = pcall(logm.plot.curves, path, { { name = title, xs = hist.xs, ys = hist.ys } },
+    { title = title, smooth = math.max(1, #hist.xs // 20) })
+  if not ok then say("(no plot %s: %s)", path, tostring(err)) end
+end
+
+-- a classifier's accuracy on the first n test images (eval mode)
+local function accuracy(model, prep, n)
+  local l = loader("test", n, { shuffle = false, drop_last = false })
+  local b = l:next()
+  l:close()
+  return ad.no_grad(function()
+    model:eval()
+    local acc = model(prep(b.x)):argmax(2):eq(b.y):float():mean():item()
+    model:train()
+    return acc
+  end)
+end
+
+---------------------------------------------------------------------------- 1 pretrain the ADM
+
+local G0 = new_unet()
+local pre_info = stage("pretrain", {
+  model = MODEL, steps = cfg.pretrain_steps, batch = cfg.pretrain_batch, lr = cfg.pretrain_lr,
+  ema = cfg.pretrain_ema, seed = cfg.seed, data = cfg.data,
+}, { model = G0 }, function(dir)
+  ad.manual_seed(cfg.seed)
+  local d = diffusion("")
+  local G = G0
+  G:train()
+  local opt = ad.optim.AdamW(G:parameters(), { lr = cfg.pretrain_lr, weight_decay = 0 })
+  local ema = ad.optim.EMA(G, { decay = cfg.pretrain_ema, warmup = true })
+  local l = loader("train", cfg.pretrain_batch)
+  local gen = ad.Generator(cfg.seed + 11)
+  local hist = { xs = {}, ys = {} }
+  local bar = logm.Progress { total = cfg.pretrain_steps, label = "pretrain ADM" }
+  for s = 1, cfg.pretrain_steps do
+    local b = l:next()
+    local t = ad.randint(0, d.num_timesteps, { b.x:shape()[1] }, { generator = gen })
+    if dev then t = t:to { device = dev } end
+    local terms = d:training_losses(G, b.x, t, { model_kwargs = { y = b.y } })
+    local loss = terms.loss:mean()
+    opt:zero_grad()
+    loss:backward()
+    ad.optim.clip_grad_norm_(G:parameters(), 1.0)
+    opt:step()
+    ema:update()
+    local v = loss:item()
+    hist.xs[s], hist.ys[s] = s, v
+    bar:update(s, { loss = v, mse = terms.mse:mean():item() }, { "loss", "mse" })
+    if s % 10 == 0 then collectgarbage("step") end
+  end
+  bar:close()
+  l:close()
+  ema:swap(G)   -- the pretrained model is the EMA, as guided-diffusion's released checkpoints
+  G:eval()
+  curves(out .. "/plots/pretrain_loss.png", "ADM pretraining loss (hybrid)", hist)
+  local n = #hist.ys
+  local tail = 0
+  for i = math.max(1, n - 9), n do tail = tail + hist.ys[i] end
+  return { final_loss = tail / math.min(10, n), params = num_params(G) }
+end)
+G0:eval()
+
+---------------------------------------------------------------------------- 2 classifiers
+
+local function train_classifier(model, prep, steps, batch, lr, seed, label, plot)
+  ad.manual_seed(seed)
+  model:train()
+  local opt = ad.optim.AdamW(model:parameters(), { lr = lr, weight_decay = 0 })
+  local l = loader("train", batch, { seed = seed })
+  local hist = { xs = {}, ys = {} }
+  local bar = logm.Progress { total = steps, label = label }
+  for s = 1, steps do
+    local b = l:next()
+    local loss = ad.cross_entropy(model(prep(b.x)), b.y)
+    opt:zero_grad()
+    loss:backward()
+    opt:step()
+    local v = loss:item()
+    hist.xs[s], hist.ys[s] = s, v
+    bar:update(s, { loss = v }, { "loss" })
+    if s % 10 == 0 then collectgarbage("step") end
+  end
+  bar:close()
+  l:close()
+  curves(plot, label .. " loss", hist)
+  local acc = accuracy(model, prep, 500)
+  model:eval()
+  return { final_loss = hist.ys[#hist.ys], test_accuracy_500 = acc, params = num_params(model) }
+end
+
+local resnet = new_resnet()
+local cls_info = stage("classifier", {
+  steps = cfg.classifier_steps, batch = cfg.classifier_batch, seed = cfg.seed, data = cfg.data,
+}, { resnet18 = resnet }, function()
+  return train_classifier(resnet, to_rgb, cfg.classifier_steps, cfg.classifier_batch, 1e-3, cfg.seed,
+    "ResNet18 classifier", out .. "/plots/classifier_loss.png")
+end)
+say("[classifier] ResNet18 test accuracy (500 images): %.3f", cls_info.test_accuracy_500 or 0 / 0)
+
+local featnet = new_featnet()
+local function to01(x) return (x + 1) * 0.5 end
+local feat_info = stage("featnet", {
+  steps = cfg.featnet_steps, batch = cfg.featnet_batch, seed = cfg.seed + 1, data = cfg.data,
+}, { featnet = featnet }, function()
+  return train_classifier(featnet, to01, cfg.featnet_steps, cfg.featnet_batch, 2e-3, cfg.seed + 1,
+    "feature network", out .. "/plots/featnet_loss.png")
+end)
+featnet:eval()
+say("[featnet] feature network test accuracy (500 images): %.3f", feat_info.test_accuracy_500 or 0 / 0)
+
+---------------------------------------------------------------------------- 3 adversarial fine-tuning
+
+-- G starts from the pretrained weights; D's backbone is the trained ResNet18
+local G1 = new_unet()
+G1:load_state_dict((G0:state_dict()))
+local backbone = new_resnet()
+backbone:load_state_dict((resnet:state_dict()))
+local D = ad.models.discriminator { backbone = backbone, num_classes = 10 }
+if dev then D:to(dev) end
+
+local adv_settings = {
+  warmup_steps = cfg.warmup_steps, steps = cfg.steps, batch = cfg.adv_batch, per_class = cfg.adv_per_class,
+  lambda_adv = cfg.lambda_adv, gate_region = cfg.gate_region, lr_g = cfg.lr_g, lr_d = cfg.lr_d,
+  respacing = cfg.train_respacing, seed = cfg.seed,
+}
+local adv_info = stage("adversarial", adv_settings, { generator = G1, discriminator = D }, function(dir, sig)
+  local ds = ad.data.FashionMNIST { root = cfg.data, split = "train", max_per_class = cfg.adv_per_class }
+  local l = ad.data.DataLoader(ds, { batch_size = cfg.adv_batch, pad = 2, channels = 1, seed = cfg.seed, device = cfg.device })
+  -- an interrupted run with the same settings resumes from its last checkpoint
+  local resume = false
+  local sigfile = dir .. "/SETTINGS"
+  local old = io.open(sigfile, "r")
+  if old then
+    local s = old:read("a"); old:close()
+    if s == sig and exists(dir .. "/checkpoint.json") then resume = dir .. "/checkpoint" end
+  end
+  write_file(sigfile, sig)
+  local run = ad.train.adversarial {
+    G = G1, D = D, diffusion = diffusion(tostring(cfg.train_respacing)), data = l,
+    batch_size = cfg.adv_batch, seed = cfg.seed, device = cfg.device,
+    d_warmup_steps = cfg.warmup_steps, joint_steps = cfg.steps,
+    lr_g = cfg.lr_g, lr_d = cfg.lr_d, weight_decay_g = 0, weight_decay_d = 0,
+    lambda_adv = cfg.lambda_adv, lambda_schedule = "linear", lambda_ramp_steps = math.max(1, cfg.steps),
+    t_gate = "batch_mean", t_region = cfg.gate_region, diffusion_loss = "mse", d_target = "pred_xstart",
+    ema_decay = false, telemetry_every = 10, save_every = math.max(10, (cfg.warmup_steps + cfg.steps) // 5),
+    tensorboard = false, out_dir = dir, resume = resume, name = "adversarial",
+  }
+  if resume then say("[adversarial] resuming at step %d", run.step_count) end
+  run:run()
+  run:close()
+  l:close()
+  for _, f in ipairs { "losses_d", "losses_g", "loss_adv", "d_logits", "d_acc", "lambda", "grad_norms" } do
+    local src = dir .. "/plots/" .. f .. ".png"
+    if exists(src) then os.execute(string.format("cp '%s' '%s/plots/adversarial_%s.png'", src, out, f)) end
+  end
+  local last = run.last or {}
+  return { final_loss_d = last.loss_d, final_loss_g = last.loss_g, final_lambda = last.lambda, d_acc = last.d_acc,
+           skipped = run.skipped }
+end, { "pretrain", "classifier" })
+G1:eval()
+D:eval()
+
+---------------------------------------------------------------------------- 4 evaluation
+
+local eval_dir = out .. "/eval"
+local res
+local eval_info = stage("eval", {
+  n = cfg.eval_n, sample_steps = cfg.sample_steps, bootstrap = cfg.bootstrap, seed = cfg.seed,
+}, {}, function(dir)
+  -- real test images, class-balanced; the samples use their labels
+  local per = math.max(1, cfg.eval_n // 10)
+  local ds = ad.data.FashionMNIST { root = cfg.data, split = "test", max_per_class = per }
+  local l = ad.data.DataLoader(ds, { batch_size = #ds, shuffle = false, drop_last = false, pad = 2, channels = 1,
+    device = cfg.device })
+  local real = l:next()
+  l:close()
+  local n = real.x:shape()[1]
+  local shape = { n, 1, 32, 32 }
+  local noise = ad.randn(shape, { generator = ad.Generator(cfg.seed + 100), device = dev })
+  local d = diffusion(tostring(cfg.sample_steps))
+  local function sample(G, label)
+    io.stderr:write(string.format("sampling %d images from the %s model (%d steps)\n", n, label, cfg.sample_steps))
+    return d:p_sample_loop(G, shape, { noise = noise, model_kwargs = { y = real.y }, clip_denoised = true,
+      generator = ad.Generator(cfg.seed + 101), progress = true })
+  end
+  local s0 = sample(G0, "pretrained")
+  local s1 = sample(G1, "fine-tuned")
+  ad.save(dir .. "/samples.npz", { pretrained = s0:cpu(), finetuned = s1:cpu(), real = real.x:cpu(), labels = real.y:cpu() })
+  ad.image.save(dir .. "/real.png", ad.image.grid(((real.x:cpu() + 1) * 0.5):narrow(1, 1, math.min(64, n)),
+    { nrow = 8, padding = 2, pad_value = 1 }))
+  res = ad.metrics.compare {
+    real = real.x:cpu(), a = s0:cpu(), b = s1:cpu(), names = { "pretrained", "fine-tuned" }, range = { -1, 1 },
+    extractor = featnet, D = D, labels = real.y:cpu(), bootstrap = cfg.bootstrap, seed = cfg.seed, out = dir,
+    device = dev, grid_n = 64,
+  }
+  return { n = n }
+end, { "pretrain", "classifier", "featnet", "adversarial" })
+
+-- compare's own results (written by the eval stage, read back when it was cached)
+local cres = read_json(eval_dir .. "/results.json")
+local table_md = res and res.markdown
+if not table_md then
+  local f = io.open(eval_dir .. "/table.md", "r")
+  if f then table_md = f:read("a"); f:close() end
+end
+if not cres or not table_md then error("quickstart: the evaluation left no results in " .. eval_dir, 0) end
+
+---------------------------------------------------------------------------- results and report
+
+local results = {
+  scale = cfg.scale, seed = cfg.seed, lambda_adv = cfg.lambda_adv, gate_region = cfg.gate_region,
+  pretrained = {}, real = {}, change_pct = {}, ci = {},
+  classifier_accuracy = cls_info.test_accuracy_500, featnet_accuracy = feat_info.test_accuracy_500,
+  pretrain_loss = pre_info.final_loss, n_eval = eval_info.n,
+  timings_s = timings, config = cfg,
+}
+for key, e in pairs(cres.metrics or {}) do
+  results[key] = e.b
+  results.pretrained[key] = e.a
+  if e.real ~= nil then results.real[key] = e.real end
+  results.change_pct[key] = e.change_pct
+  results.ci[key] = { pretrained = e.ci_a, finetuned = e.ci_b, change_pct = e.ci_change_pct }
+end
+local total = 0
+for _, k in ipairs(STAGE_ORDER) do total = total + (timings[k] or 0) end
+timings.stages_total = total
+timings.this_run = ad._now() - T_START
+write_json(out .. "/results.json", results)
+
+local L = {}
+L[#L + 1] = "# quickstart: adversarial fine-tuning of a small ADM on Fashion-MNIST"
+L[#L + 1] = ""
+L[#L + 1] = string.format("Scale `%s`, seed %d, λ = %g (linear ramp over %d joint steps), gate mean(t)/(T-1) ≤ %g, "
+  .. "lr_G %g, lr_D %g, device %s.", cfg.scale, cfg.seed, cfg.lambda_adv, cfg.steps, cfg.gate_region, cfg.lr_g,
+  cfg.lr_d, cfg.device)
+L[#L + 1] = ""
+L[#L + 1] = "| Stage | What | Seconds |"
+L[#L + 1] = "|---|---|---|"
+L[#L + 1] = string.format("| pretrain | ADM (%d params), %d steps, batch %d, final loss %.4f | %.1f |",
+  pre_info.params or 0, cfg.pretrain_steps, cfg.pretrain_batch, pre_info.final_loss or 0 / 0, timings.pretrain or 0)
+L[#L + 1] = string.format("| classifier | ResNet18, %d steps, batch %d, test accuracy %.3f | %.1f |", cfg.classifier_steps,
+  cfg.classifier_batch, cls_info.test_accuracy_500 or 0 / 0, timings.classifier or 0)
+L[#L + 1] = string.format("| featnet | feature CNN, %d steps, batch %d, test accuracy %.3f | %.1f |", cfg.featnet_steps,
+  cfg.featnet_batch, feat_info.test_accuracy_500 or 0 / 0, timings.featnet or 0)
+L[#L + 1] = string.format("| adversarial | D warm-up %d steps, joint %d steps, batch %d | %.1f |", cfg.warmup_steps,
+  cfg.steps, cfg.adv_batch, timings.adversarial or 0)
+L[#L + 1] = string.format("| eval | %d samples per model, %d sampling steps | %.1f |", eval_info.n or 0, cfg.sample_steps,
+  timings.eval or 0)
+L[#L + 1] = string.format("| total | | %.1f |", total)
+L[#L + 1] = ""
+L[#L + 1] = (table_md:gsub("^# [^\n]*\n", "## Pretrained vs fine-tuned\n"))
+L[#L + 1] = "## Figures"
+L[#L + 1] = ""
+L[#L + 1] = "- `eval/samples.png`: pretrained (left) and fine-tuned (right) samples, same noise and labels; `eval/real.png`: real test images"
+L[#L + 1] = "- `eval/spectrum.png`: radial power spectrum of each model relative to the real images"
+L[#L + 1] = "- `plots/pretrain_loss.png`, `plots/classifier_loss.png`, `plots/featnet_loss.png`, `plots/adversarial_*.png`: loss curves"
+write_file(out .. "/report.md", table.concat(L, "\n") .. "\n")
+
+print("")
+print(table_md)
+say("results: %s/results.json, report: %s/report.md (stages %.1f s, this run %.1f s)", out, out, total, timings.this_run)
