@@ -83,4 +83,65 @@ function M.gradcheck(fn, inputs, opts)
   return true
 end
 
+--- Shared helpers of the test files.
+
+--- Raise unless fn(...) raises an error whose message contains `pattern` (plain text).
+function M.raises(pattern, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, "expected an error containing '" .. pattern .. "'")
+  err = tostring(err)
+  assert(err:find(pattern, 1, true), "error '" .. err .. "' does not contain '" .. pattern .. "'")
+end
+
+local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+M.shape_str = shape_str
+
+--- Raise unless tensor t has shape s (a list of sizes).
+function M.check_shape(t, s)
+  assert(shape_str(t:shape()) == shape_str(s), "shape " .. shape_str(t:shape()) .. " expected " .. shape_str(s))
+end
+
+--- Compare every element of t (row-major) with the list want; booleans, nan
+-- and infinities must match exactly, numbers within atol + rtol*|want|.
+function M.check_flat(t, want, atol, rtol, msg)
+  atol, rtol = atol or 1e-12, rtol or 1e-12
+  assert(t:numel() == #want, (msg or "") .. ": numel " .. t:numel() .. " expected " .. #want)
+  for i = 1, #want do
+    local a, b = t:_getflat(i), want[i]
+    if type(b) == "boolean" or type(a) == "boolean" then
+      assert(a == b, string.format("%s: element %d is %s, expected %s", msg or "", i, tostring(a), tostring(b)))
+    elseif b ~= b then
+      assert(a ~= a, string.format("%s: element %d is %s, expected nan", msg or "", i, tostring(a)))
+    elseif b == math.huge or b == -math.huge then
+      assert(a == b, string.format("%s: element %d is %s, expected %s", msg or "", i, tostring(a), tostring(b)))
+    else
+      assert(math.abs(a - b) <= atol + rtol * math.abs(b),
+        string.format("%s: element %d is %.17g, expected %.17g", msg or "", i, a, b))
+    end
+  end
+end
+
+--- The whole contents of a file (a missing file is an error naming it).
+function M.read_file(path)
+  local f = assert(io.open(path, "rb"), "missing file " .. path)
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- A fixture manifest's "state_dict_keys_and_shapes": ordered list of {name, shape}.
+function M.manifest_keys(path)
+  local s = M.read_file(path)
+  local start = s:find('"state_dict_keys_and_shapes"%s*:%s*{')
+  assert(start, "manifest has no state_dict_keys_and_shapes")
+  local body = s:sub(start):match('^"state_dict_keys_and_shapes"%s*:%s*(%b{})')
+  local out = {}
+  for name, dims in body:gmatch('"([^"]+)"%s*:%s*%[([^%]]*)%]') do
+    local shape = {}
+    for d in dims:gmatch("%d+") do shape[#shape + 1] = tonumber(d) end
+    out[#out + 1] = { name, shape }
+  end
+  return out
+end
+
 return M

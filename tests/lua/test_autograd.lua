@@ -2,11 +2,7 @@
 local ad = require "advdiff"
 local T = require "advdiff.testing"
 
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local raises = T.raises
 
 test("backward computes and accumulates leaf gradients", function()
   local x = ad.tensor({1, 2, 3}, {dtype = "f64", requires_grad = true})

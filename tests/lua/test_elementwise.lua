@@ -7,37 +7,7 @@ local T = require "advdiff.testing"
 
 -- ---------------------------------------------------------------- helpers
 
-local function expect_error(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error containing '" .. pattern .. "'")
-  err = tostring(err)
-  assert(err:find(pattern, 1, true), "error '" .. err .. "' does not contain '" .. pattern .. "'")
-end
-
-local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
-
-local function check_shape(t, s)
-  assert(shape_str(t:shape()) == shape_str(s), "shape " .. shape_str(t:shape()) .. " expected " .. shape_str(s))
-end
-
--- compare every element of t (row-major) with the list want
-local function check_flat(t, want, atol, rtol, msg)
-  atol, rtol = atol or 1e-12, rtol or 1e-12
-  assert(t:numel() == #want, (msg or "") .. ": numel " .. t:numel() .. " expected " .. #want)
-  for i = 1, #want do
-    local a, b = t:_getflat(i), want[i]
-    if type(b) == "boolean" or type(a) == "boolean" then
-      assert(a == b, string.format("%s: element %d is %s, expected %s", msg or "", i, tostring(a), tostring(b)))
-    elseif b ~= b then
-      assert(a ~= a, string.format("%s: element %d is %s, expected nan", msg or "", i, tostring(a)))
-    elseif b == math.huge or b == -math.huge then
-      assert(a == b, string.format("%s: element %d is %s, expected %s", msg or "", i, tostring(a), tostring(b)))
-    else
-      assert(math.abs(a - b) <= atol + rtol * math.abs(b),
-        string.format("%s: element %d is %.17g, expected %.17g", msg or "", i, a, b))
-    end
-  end
-end
+local expect_error, shape_str, check_shape, check_flat = T.raises, T.shape_str, T.check_shape, T.check_flat
 
 local function flat(t)
   local out = {}

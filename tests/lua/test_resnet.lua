@@ -21,27 +21,7 @@ local function expect_error(fn, pattern)
   assert(tostring(err):find(pattern), "error '" .. tostring(err) .. "' does not match '" .. pattern .. "'")
 end
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"), "missing fixture " .. path)
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- the manifest's "state_dict_keys_and_shapes": ordered list of {name, shape}
-local function manifest_keys(path)
-  local s = read_file(path)
-  local start = s:find('"state_dict_keys_and_shapes"%s*:%s*{')
-  assert(start, "manifest has no state_dict_keys_and_shapes")
-  local body = s:sub(start):match('^"state_dict_keys_and_shapes"%s*:%s*(%b{})')
-  local out = {}
-  for name, dims in body:gmatch('"([^"]+)"%s*:%s*%[([^%]]*)%]') do
-    local shape = {}
-    for d in dims:gmatch("%d+") do shape[#shape + 1] = tonumber(d) end
-    out[#out + 1] = { name, shape }
-  end
-  return out
-end
+local read_file, manifest_keys = T.read_file, T.manifest_keys
 
 local function shape_str(shape) return "[" .. table.concat(shape, ", ") .. "]" end
 

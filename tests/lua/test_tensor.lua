@@ -8,11 +8,7 @@ local function shape_is(x, s)
   for i = 1, #s do assert(got[i] == s[i], ("dim %d: %d vs %d"):format(i, got[i], s[i])) end
 end
 
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local raises = T.raises
 
 test("creation from nested tables infers shape and dtype", function()
   local x = ad.tensor{{1, 2, 3}, {4, 5, 6}}
