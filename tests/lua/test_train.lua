@@ -296,21 +296,78 @@ test("design options: losses, targets, re-noised D, gates, adaptive lambda, opti
   assert(not ok and err:find("d_renoise needs a discriminator that takes the timestep"), err)
 end)
 
-test("R1's finite-difference estimate matches ||grad_x D||^2 for a linear D", function()
-  local Lin = nn.Module:extend("Lin")
-  function Lin:__init() self.w = nn.Linear(48, 1) end
-  function Lin:forward(x) return self.w(x:flatten(2)):view(-1) end
-  local cfg = setup { r1_probes = 50 }
-  cfg.D = Lin()
+-- R1's value and its gradient in D's parameters against references computed without it: the value
+-- from an ordinary backward to the input, the gradient as float64 central differences of that value
+-- over every parameter of a small nonlinear D (with a BatchNorm in train mode, so the samples are
+-- coupled as in a real D).
+local R1D = nn.Module:extend("R1D")
+function R1D:__init()
+  self.conv = nn.Conv2d(3, 4, 3, { padding = 1 })
+  self.bn = nn.BatchNorm2d(4)
+  self.fc = nn.Linear(64, 1)
+end
+function R1D:forward(x) return self.fc(ad.tanh(self.bn(self.conv(x))):flatten(2)):view(-1) end
+
+local function r1_exact(D, x, gamma)
+  local xg = x:detach():clone():requires_grad_()
+  D(xg):sum():backward()
+  local n = x:shape()[1]
+  return gamma / (2 * n) * xg.grad:square():sum():item()
+end
+
+test("R1: the penalty's value and its gradient in D's parameters match float64 finite differences", function()
+  ad.manual_seed(5)
+  local D = R1D():to("f64")
+  D:train()
+  local cfg = setup { r1_gamma = 0.7, r1_fd_eps = 1e-4 }
+  cfg.D = D
   local run = ad.train.adversarial(cfg)
-  local x = ad.randn({ 64, 3, 4, 4 }, { generator = ad.Generator(3) })
-  local est = run:r1_estimate(x, nil, nil):item()
-  local w2 = cfg.D.w.weight:detach():square():sum():item()
-  assert(math.abs(est - w2) / w2 < 0.15, string.format("estimate %g vs %g", est, w2))
-  -- and it is differentiable in D's parameters
-  local e = run:r1_estimate(x, nil, nil)
-  e:backward()
-  assert(cfg.D.w.weight.grad ~= nil)
+  local x = ad.randn({ 6, 3, 4, 4 }, { generator = ad.Generator(3), dtype = "f64" })
+  local rm0 = D.bn.running_mean:clone()
+  local term, value = run:r1_penalty(x, nil, nil)
+  assert(equal(D.bn.running_mean, rm0), "R1 moved BatchNorm's running statistics")
+  for _, p in ipairs(D:parameters()) do p.grad = nil end
+  local ref = r1_exact(D, x, 0.7)
+  for _, p in ipairs(D:parameters()) do p.grad = nil end
+  assert(math.abs(value - ref) <= 1e-12 * ref and math.abs(term:item() - ref) <= 1e-6 * ref,
+         string.format("value %.17g, term %.17g, exact %.17g", value, term:item(), ref))
+  term:backward()
+  local grads = {}
+  for name, p in D:named_parameters() do grads[name] = p.grad:flatten():clone() end
+  local h = 1e-6
+  for name, p in D:named_parameters() do
+    local grad = grads[name]
+    local flat = p:detach():view(-1)
+    for i = 1, flat:shape()[1] do
+      local v = flat[i]:item()
+      ad.no_grad(function() flat[i] = v + h end)
+      local fp = r1_exact(D, x, 0.7)
+      ad.no_grad(function() flat[i] = v - h end)
+      local fm = r1_exact(D, x, 0.7)
+      ad.no_grad(function() flat[i] = v end)
+      local num = (fp - fm) / (2 * h)
+      local err = math.abs(grad[i]:item() - num) / (math.abs(num) + 1e-3 * ref)
+      assert(err < 1e-5, string.format("%s[%d]: R1 gradient %.10g, finite differences %.10g", name, i, grad[i]:item(), num))
+    end
+  end
+  -- float32 at the default eps (1e-2, D in eval mode) against the float64 gradient just checked
+  D:eval()
+  local function grads(model, run_, xx)
+    for _, p in ipairs(model:parameters()) do p.grad = nil end
+    run_:r1_penalty(xx, nil, nil):backward()
+    local out = {}
+    for _, p in ipairs(model:parameters()) do out[#out + 1] = p.grad:to("f64"):flatten() end
+    return ad.cat(out)
+  end
+  local g64 = grads(D, run, x)
+  local D32 = R1D()
+  D32:load_state_dict(D:state_dict(), { strict = true })
+  D32:eval()
+  local cfg32 = setup { r1_gamma = 0.7 }
+  cfg32.D = D32
+  local g32 = grads(D32, ad.train.adversarial(cfg32), x:float())
+  local rel = ((g32 - g64):norm() / g64:norm()):item()
+  assert(rel < 1e-3, string.format("float32 R1 gradient: relative l2 error %g", rel))
 end)
 
 test("a small ADM UNetModel trains with learned sigma, the hybrid loss and gradient checkpointing", function()

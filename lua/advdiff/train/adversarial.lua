@@ -40,8 +40,8 @@
 --   real side is then a sample of q(x_{t-1} | x_t, x0))
 --   d_renoise=false: D sees real and fake diffused again to a random t' < d_renoise_max_t (false:
 --   T) and is called D(x, y, t') (use train.TimeConditionedD)
---   r1_gamma=0, r1_every=16 (lazy; the penalty is scaled by r1_every), r1_fd_eps=1e-2,
---   r1_probes=1 — see R1 below
+--   r1_gamma=0, r1_every=16 (lazy; the penalty is scaled by r1_every), r1_fd_eps=1e-2 — see R1
+--   below
 --   diffaug="" ("color,translation,cutout": DiffAugment on D's inputs, both steps)
 --   adaptive_lambda=false: lambda_eff = lambda * clamp(|g_diff| / |g_adv|, 0, adaptive_lambda_max)
 --   with g_* the gradients of each term w.r.t. G's output (see telemetry), adaptive_lambda_max=10
@@ -68,14 +68,18 @@
 -- output tensor (the output layer's activations) and their ratio, the diffusion loss by timestep
 -- quartile, and the learning rates and lambda in force.
 --
--- R1 (gamma/2 E||grad_x D(x_real)||^2) needs the gradient of D's output with respect to its
--- input inside the graph (create_graph). advdiff's autograd runs backward rules with grad mode
--- off, so there is no double backward; R1 is computed instead by a FINITE-DIFFERENCE
--- HUTCHINSON ESTIMATE: for v ~ N(0, I), E_v[(v . grad_x D)^2] = ||grad_x D||^2, and
--- v . grad_x D = (D(x + eps v) - D(x - eps v)) / (2 eps) + O(eps^2). The estimate is an ordinary
--- differentiable function of D's parameters (two extra forwards of D), so its gradient is the
--- gradient of the estimated penalty. It is unbiased up to O(eps^2) but noisy (variance
--- ~2||g||^4 per probe; r1_probes averages several).
+-- R1 (gamma/2 mean_i ||grad_{x_i} D(x_i)||^2 on real images) needs the gradient of its value with
+-- respect to D's parameters, grad_theta R1 = gamma/N sum_i (d g_i / d theta)^T g_i with
+-- g_i = grad_{x_i} D(x_i): a second-order term that frameworks get from double backward.
+-- advdiff's autograd runs backward rules with grad mode off (no create_graph), so the same vector
+-- is computed as a DIRECTIONAL FINITE DIFFERENCE: with F = sum_i D(x_i), g = grad_x F from an
+-- ordinary backward to the input, u = g/||g|| held constant and s(theta) = ||g|| (F(x + h u) -
+-- F(x - h u)) / (2 h), grad_theta s = (dg/dtheta)^T g + O(h^2) (h = eps sqrt(N)). The penalty's value is exact
+-- (from g); its gradient is deterministic and exact to O(eps^2) (r1_fd_eps, in input units;
+-- tests/lua/test_train.lua checks it against float64 finite differences of the exact value). The
+-- two probe forwards run outside autocast (a bf16 difference quotient would be noise) and leave
+-- D's BatchNorm statistics as they were. Cost: one backward to the input, two forwards and their
+-- backward, every r1_every D steps (the penalty is then scaled by r1_every: lazy regularisation).
 local ad = require "advdiff"
 local optim = require "advdiff.optim"
 local schedule = require "advdiff.optim.schedule"
@@ -100,7 +104,7 @@ local DEFAULTS = {
   t_gate = "batch_mean", t_region = 0.5,
   d_updates_per_g = 1, d_loss = "bce", g_adv_loss = false, diffusion_loss = "mse",
   d_target = "pred_xstart", d_renoise = false, d_renoise_max_t = false,
-  r1_gamma = 0, r1_every = 16, r1_fd_eps = 1e-2, r1_probes = 1,
+  r1_gamma = 0, r1_every = 16, r1_fd_eps = 1e-2,
   diffaug = "", adaptive_lambda = false, adaptive_lambda_max = 10,
   freeze_g = {}, freeze_d_backbone = true, ema_decay = 0.9999, amp = false, grad_checkpoint = false,
   reuse_g_forward = true, g_train_mode = true, nan_policy = "stop",
@@ -564,19 +568,46 @@ function Run:_d_transform(x, tp)
   return x
 end
 
---- The R1 penalty's finite-difference Hutchinson estimate of E||grad_x D(x)||^2 (see the header).
-function Run:r1_estimate(x, y, tp)
+-- D's output in D's own dtype with autocast switched off (the R1 probes)
+function Run:_call_d_plain(x, y, tp)
+  local scope <close> = self.autocast and self.autocast { dtype = self._amp_mode, enabled = false } or nil
+  if tp then return self.D(x, y, tp) end
+  return self.D(x, y)
+end
+
+--- The R1 penalty gamma/2 * mean_i ||grad_{x_i} D(x_i)||^2 at real images x (see the header).
+-- Returns term, value: term's value is the penalty and its gradient in D's parameters is the
+-- penalty's (to O(eps^2)); value is the plain number. gamma defaults to cfg.r1_gamma. D's
+-- parameters receive gradients from the inner backward: callers zero them before their own.
+-- D's buffers (BatchNorm statistics) are as they were before the call.
+function Run:r1_penalty(x, y, tp, gamma)
   local c = self.cfg
+  gamma = gamma or c.r1_gamma
   local eps = c.r1_fd_eps
-  local total
-  for _ = 1, math.max(1, c.r1_probes) do
-    local v = self:_randn_like(x)
-    local dp = self:_call_d(x + v * eps, y, tp)
-    local dm = self:_call_d(x - v * eps, y, tp)
-    local dd = ((dp - dm) / (2 * eps)):square():mean()
-    total = total and (total + dd) or dd
-  end
-  return total / math.max(1, c.r1_probes)
+  local n = x:shape()[1]
+  local saved = {}
+  for _, b in ipairs(self.D:buffers()) do saved[#saved + 1] = { b, b:clone() } end
+  local xg = x:detach():clone():requires_grad_()
+  self:_call_d_plain(xg, y, tp):sum():backward()
+  local g = xg.grad
+  xg.grad = nil
+  -- one direction for the whole batch, not one per sample: a D with BatchNorm in train mode couples
+  -- the samples, and only the batch's directional derivative of sum_i D(x_i) along g is the
+  -- right one then. The step is eps * sqrt(N) along the unit vector, about eps per sample.
+  local gnorm = g:square():sum():sqrt():item()
+  local value = gamma / (2 * n) * gnorm * gnorm
+  ad.no_grad(function() for _, e in ipairs(saved) do e[1]:copy_(e[2]) end end)
+  if gnorm == 0 then return (x:sum() * 0):float() + value, value end
+  local h = eps * math.sqrt(n)
+  local u = g / gnorm
+  local x0 = xg:detach()
+  local dp = self:_call_d_plain(x0 + u * h, y, tp)
+  local dm = self:_call_d_plain(x0 - u * h, y, tp)
+  ad.no_grad(function() for _, e in ipairs(saved) do e[1]:copy_(e[2]) end end)
+  local s = (dp - dm):sum() * (gnorm / (2 * h))
+  -- value: the exact penalty; gradient: gamma/N grad s = grad of gamma/(2N) ||g||^2
+  local term = (s - s:detach()) * (gamma / n) + value
+  return term:float(), value
 end
 
 local function params_with_grad(model)
@@ -637,15 +668,16 @@ function Run:_d_step(real, fake, y, rec, first)
   self.d_steps = self.d_steps + 1
   local r1
   if c.r1_gamma > 0 and c.r1_every > 0 and (self.d_steps - 1) % c.r1_every == 0 then
-    r1 = self:r1_estimate(ri, y, tp)
-    loss = loss + r1 * (c.r1_gamma / 2 * c.r1_every)
+    local term
+    term, r1 = self:r1_penalty(ri, y, tp)
+    loss = loss + term * c.r1_every
   end
   local lv = loss:item()
   if first then
     rec.loss_d, rec.loss_d_real, rec.loss_d_fake = lv, l_real:item(), l_fake:item()
     rec.d_real, rec.d_fake = lr:mean():item(), lf:mean():item()
     rec.d_acc = ((lr:gt(0):float():mean() + lf:lt(0):float():mean()) * 0.5):item()
-    if r1 then rec.r1 = r1:item() end
+    if r1 then rec.r1 = r1 end
   end
   if not isfinite(lv) then
     if self:_nonfinite("D loss", lv) then rec.skipped_d = true; return false end
