@@ -13,10 +13,14 @@
  * Class targets are 0-based integers (i64 or i32). A target equal to
  * ignore_index contributes nothing (PyTorch's semantics: with the default
  * -100, valid targets are never ignored); any other target outside [0, C) is
- * an error naming it. The class weight is a constant (no gradient). */
+ * an error naming it. The class weight is a constant (no gradient).
+ *
+ * Under autocast every loss here is an f32-policy op: f16/bf16 inputs are
+ * upcast and the loss is f32 (see autocast.h). */
 #include <math.h>
 #include <string.h>
 #include "../ad.h"
+#include "../autocast.h"
 #include "../backend_nn.h"
 
 static ad_status check_reduction(const char *op, ad_reduction r) {
@@ -74,6 +78,13 @@ static ad_status pointwise_loss(ad_tensor **out, ad_pointwise_loss kind, const a
                                 ad_reduction r) {
   const char *op = kind == AD_LOSS_MSE ? "mse_loss" : kind == AD_LOSS_L1 ? "l1_loss" : "binary_cross_entropy_with_logits";
   const ad_opdef *def = kind == AD_LOSS_MSE ? &MSE_LOSS : kind == AD_LOSS_L1 ? &L1_LOSS : &BCE_LOGITS;
+  if (ad_autocast_applies_f32((const ad_tensor *[]){input, target, weight, pos_weight}, 4)) {   /* autocast (issue 3) */
+    ad_tensor *c[4];
+    ad_status st = ad_autocast_cast_f32(c, (const ad_tensor *[]){input, target, weight, pos_weight}, 4);
+    if (st == AD_OK) st = pointwise_loss(out, kind, c[0], c[1], c[2], c[3], r);
+    ad_autocast_release(c, 4);
+    return st;
+  }
   char s1[128], s2[128];
   AD_TRY(check_reduction(op, r));
   AD_TRY(ad_nn_check_float(op, "input", input));
@@ -263,6 +274,14 @@ static const ad_opdef NLL_LOSS = {"nll_loss", nll_loss_backward};
 static ad_status class_loss(ad_tensor **out, bool is_ce, const ad_tensor *input, const ad_tensor *target,
                             const ad_tensor *weight, int64_t ignore_index, double eps, ad_reduction r) {
   const char *op = is_ce ? "cross_entropy" : "nll_loss";
+  /* the target holds class indices: never cast (a float one is the check's error) */
+  if (ad_autocast_applies_f32((const ad_tensor *[]){input, weight}, 2)) {   /* autocast (issue 3) */
+    ad_tensor *c[2];
+    ad_status st = ad_autocast_cast_f32(c, (const ad_tensor *[]){input, weight}, 2);
+    if (st == AD_OK) st = class_loss(out, is_ce, c[0], target, c[1], ignore_index, eps, r);
+    ad_autocast_release(c, 2);
+    return st;
+  }
   AD_TRY(check_class_args(op, input, target, weight, r));
   if (!(eps >= 0.0 && eps <= 1.0))
     return AD_FAIL(AD_EINVAL, "%s: label_smoothing must be in [0, 1], got %g", op, eps);

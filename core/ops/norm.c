@@ -5,9 +5,13 @@
  * on the way in and the result back to the input's dtype on the way out, as
  * ADM's GroupNorm32 does (`super().forward(x.float()).type(x.dtype)`); the
  * conversions are recorded ops, so gradients flow through them. Weights and
- * biases are converted to the compute dtype the same way. */
+ * biases are converted to the compute dtype the same way. Under autocast,
+ * group_norm and layer_norm are f32-policy ops: f16/bf16 inputs are upcast
+ * and the result stays f32 (see autocast.h); batch_norm, as in PyTorch, is
+ * on neither list and returns the input's dtype. */
 #include <math.h>
 #include "../ad.h"
+#include "../autocast.h"
 #include "../backend_nn.h"
 
 /* w/b given as a (C) vector for a per-channel affine map */
@@ -59,6 +63,13 @@ static const ad_opdef GROUP_NORM = {"group_norm", group_norm_backward};
 ad_status ad_group_norm(ad_tensor **out, const ad_tensor *x, int num_groups, const ad_tensor *w,
                         const ad_tensor *b, double eps) {
   static const char *op = "group_norm";
+  if (ad_autocast_applies_f32((const ad_tensor *[]){x, w, b}, 3)) {   /* autocast (issue 3): runs in f32 */
+    ad_tensor *c[3];
+    ad_status st = ad_autocast_cast_f32(c, (const ad_tensor *[]){x, w, b}, 3);
+    if (st == AD_OK) st = ad_group_norm(out, c[0], num_groups, c[1], c[2], eps);
+    ad_autocast_release(c, 3);
+    return st;
+  }
   AD_TRY(ad_nn_check_float(op, "input", x));
   if (x->ndim < 2) {
     char s[128];
@@ -308,6 +319,13 @@ static ad_status check_norm_shape(const char *op, const char *arg, const ad_tens
 ad_status ad_layer_norm(ad_tensor **out, const ad_tensor *x, int n_norm_dims, const ad_tensor *w,
                         const ad_tensor *b, double eps) {
   static const char *op = "layer_norm";
+  if (ad_autocast_applies_f32((const ad_tensor *[]){x, w, b}, 3)) {   /* autocast (issue 3): runs in f32 */
+    ad_tensor *c[3];
+    ad_status st = ad_autocast_cast_f32(c, (const ad_tensor *[]){x, w, b}, 3);
+    if (st == AD_OK) st = ad_layer_norm(out, c[0], n_norm_dims, c[1], c[2], eps);
+    ad_autocast_release(c, 3);
+    return st;
+  }
   AD_TRY(ad_nn_check_float(op, "input", x));
   if (n_norm_dims < 1 || n_norm_dims > x->ndim) {
     char s[128];

@@ -2,8 +2,11 @@
  *
  * The input is made contiguous and viewed as (outer, L, inner) with L the
  * softmax dim; the output is saved for backward (both gradients are
- * functions of the output alone). f16/bf16 run in f32 and convert back. */
+ * functions of the output alone). f16/bf16 run in f32 and convert back,
+ * except under autocast, where softmax and log_softmax are f32-policy ops
+ * and return the f32 result (see autocast.h). */
 #include "../ad.h"
+#include "../autocast.h"
 #include "../backend_nn.h"
 
 typedef struct { int64_t outer, L, inner; bool log; } sm_attrs;
@@ -32,6 +35,13 @@ static const ad_opdef LOG_SOFTMAX = {"log_softmax", softmax_backward};
 
 static ad_status softmax_impl(ad_tensor **out, const ad_tensor *x, int dim, bool log) {
   const char *op = log ? "log_softmax" : "softmax";
+  if (ad_autocast_applies_f32(&x, 1)) {   /* autocast (issue 3): runs in f32 */
+    ad_tensor *c[1];
+    ad_status st = ad_autocast_cast_f32(c, &x, 1);
+    if (st == AD_OK) st = softmax_impl(out, c[0], dim, log);
+    ad_autocast_release(c, 1);
+    return st;
+  }
   AD_TRY(ad_nn_check_float(op, "input", x));
   /* a 0-d tensor has one implicit dim of size 1 (PyTorch accepts dim 0 / -1) */
   const int nd = x->ndim ? x->ndim : 1;

@@ -1,8 +1,12 @@
 --- advdiff.amp: automatic mixed precision, as ad.amp.
 --
--- Autocast (also ad.autocast): inside the scope, conv2d/conv1d, matmul, bmm, linear and
--- scaled_dot_product_attention run in bf16 or f16 (their float inputs are cast, differentiably),
--- while norms, softmax, losses and everything else keep the dtype they get; parameters stay f32.
+-- Autocast (also ad.autocast), with PyTorch's op lists: inside the scope, conv2d/conv1d, matmul,
+-- bmm, linear and scaled_dot_product_attention run in bf16 or f16 (their float inputs are cast,
+-- differentiably); group_norm, layer_norm, softmax, log_softmax and the losses (mse_loss, l1_loss,
+-- binary_cross_entropy_with_logits, cross_entropy, nll_loss) upcast f16/bf16 inputs and compute
+-- and return f32; batch_norm computes in f32 and returns its input's dtype (on neither list, as in
+-- PyTorch); everything else (elementwise ops, reductions) keeps the dtype it gets. f64 inputs are
+-- never cast. Parameters stay f32 and get f32 gradients (the casts are recorded ops).
 --   ad.amp.autocast("bf16", function() ... end)
 --   do local s <close> = ad.amp.autocast{dtype = "f16"}; ... end     -- or s:close()
 --

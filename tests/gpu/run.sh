@@ -7,7 +7,8 @@
 #   3. tests/gpu/test_cuda_ops.lua   every op forward and backward on CUDA vs the CPU
 #   4. tests/gpu/test_cuda_random.lua  Philox streams bit-identical across devices
 #   5. tests/gpu/test_cuda_fixtures.lua  the golden fixtures (ADM, ResNet-18, diffusion) on CUDA
-#   6. tests/lua/test_cuda_cpu.lua   autocast and GradScaler (the no-GPU checks skip)
+#   6. tests/lua/test_cuda_cpu.lua   autocast and GradScaler (the no-GPU checks skip);
+#      tests/lua/test_autocast_models.lua  the golden fixtures under bf16/f16 autocast on CUDA
 #   7. benchmarks: tests/bench/gpu_{matmul,conv,adamw,alloc}.lua against
 #      tests/bench/torch_gpu_{matmul,conv,adamw}.py (PyTorch on the same GPU)
 #   8. the op suite (--quick) under compute-sanitizer memcheck
@@ -167,6 +168,8 @@ if [ "$BUILT" = 1 ]; then
   step "philox across devices" 60 "philox on" "$AD" tests/gpu/test_cuda_random.lua
   step "golden fixtures on cuda" 150 "fixtures on" "$AD" tests/gpu/test_cuda_fixtures.lua
   step "autocast + GradScaler (test_cuda_cpu)" 60 "passed" "$AD" tests/lua/run.lua tests/lua/test_cuda_cpu.lua
+  step "autocast goldens on cuda (test_autocast_models)" 90 "passed" \
+    env ADVDIFF_TEST_DEVICE=cuda "$AD" tests/lua/run.lua tests/lua/test_autocast_models.lua
 
   # ------------------------------------------------------------ benchmarks
   BENCH_OURS=$OUTDIR/bench_ours.tsv; BENCH_TORCH=$OUTDIR/bench_torch.tsv
