@@ -8,7 +8,9 @@
  * carrying a rigorous error bound, and every pair whose bound straddles the
  * radius it is compared with is recomputed in f64 from the input rows. So the
  * answers are those of an f64 computation, at the speed of sgemm, in memory
- * bounded by block_rows rows of the distance matrix. */
+ * bounded by block_rows rows of the distance matrix. On CUDA (k <= 32 for the
+ * radii; no eigh) the blocks are f64 DGEMMs with the same kind of bound and
+ * recheck, so the decisions are the CPU's (core/cuda/cuda_metrics.c). */
 #ifndef AD_METRICS_H
 #define AD_METRICS_H
 

@@ -5,9 +5,9 @@
  * here is differentiable, so nothing is recorded.
  *
  * The kernel table is found per device by metrics_kernels(): backend.h has no
- * metrics member yet, so the CPU table is named directly and other devices
- * get AD_ENOTIMPL (callers move features to the CPU; they are small next to
- * the networks that produce them). */
+ * metrics member, so the CPU table and, in a CUDA build, the CUDA table
+ * (core/cuda/cuda_metrics.c) are named directly. The CUDA table has no eigh:
+ * FID's D x D eigenproblem stays on the CPU. */
 #include <string.h>
 
 #include "ad.h"
@@ -15,15 +15,25 @@
 #include "metrics.h"
 
 extern const struct ad_metrics_kernels ad_cpu_metrics_kernels;
+#ifdef AD_HAVE_CUDA
+extern const struct ad_metrics_kernels ad_cuda_metrics_kernels;
+#endif
+
+static ad_status no_kernel(const ad_tensor *x, const char *op) {
+  char buf[32];
+  return AD_FAIL(AD_ENOTIMPL, "%s: no %s kernel (move the tensors to the CPU first)", op,
+                 ad_device_str(ad_tensor_device(x), buf, sizeof buf));
+}
 
 static ad_status metrics_kernels(const struct ad_metrics_kernels **out, const ad_tensor *x, const char *op) {
-  if (x->storage->device.type == AD_DEV_CPU) {
-    *out = &ad_cpu_metrics_kernels;
-    return AD_OK;
+  *out = NULL;
+  switch (x->storage->device.type) {
+  case AD_DEV_CPU: *out = &ad_cpu_metrics_kernels; return AD_OK;
+#ifdef AD_HAVE_CUDA
+  case AD_DEV_CUDA: *out = &ad_cuda_metrics_kernels; return AD_OK;
+#endif
+  default: return no_kernel(x, op);
   }
-  char buf[32];
-  return AD_FAIL(AD_ENOTIMPL, "%s: no %s kernel (move the features to the CPU first)", op,
-                 ad_device_str(ad_tensor_device(x), buf, sizeof buf));
 }
 
 /* A 2-D float feature matrix, contiguous, as f32 or f64 (want: the dtype to
@@ -99,7 +109,7 @@ ad_status ad_knn_radii(ad_tensor **radii, const ad_tensor *x_in, int64_t k, cons
     AD_TRY_GOTO(st, vector_in(&ids, ids_in, n, AD_I64, op, "ids"), done);
   }
   AD_TRY_GOTO(st, ad_empty(&out, 1, &n, AD_F64, ad_tensor_device(x)), done);
-  if (!mk->knn_radii) { st = AD_FAIL(AD_ENOTIMPL, "%s: no kernel", op); goto done; }
+  if (!mk->knn_radii) { st = no_kernel(x, op); goto done; }
   AD_TRY_GOTO(st, mk->knn_radii(out, x, ids, k, block_rows), done);
   *radii = out;
   out = NULL;
@@ -140,7 +150,7 @@ ad_status ad_manifold_counts(ad_tensor **fake_in_real, ad_tensor **real_in_real,
   AD_TRY_GOTO(st, ad_empty(&o1, 1, &m, AD_I64, dev), done);
   AD_TRY_GOTO(st, ad_empty(&o2, 1, &n, AD_I64, dev), done);
   if (rf) AD_TRY_GOTO(st, ad_empty(&o3, 1, &n, AD_I64, dev), done);
-  if (!mk->manifold_counts) { st = AD_FAIL(AD_ENOTIMPL, "%s: no kernel", op); goto done; }
+  if (!mk->manifold_counts) { st = no_kernel(real, op); goto done; }
   AD_TRY_GOTO(st, mk->manifold_counts(o1, o2, o3, real, fake, rr, rf, block_rows), done);
   *fake_in_real = o1;
   *real_in_real = o2;
@@ -174,7 +184,7 @@ ad_status ad_cdist(ad_tensor **out, const ad_tensor *a_in, const ad_tensor *b_in
   }
   int64_t shape[2] = {a->shape[0], b->shape[0]};
   AD_TRY_GOTO(st, ad_empty(&o, 2, shape, AD_F64, ad_tensor_device(a)), done);
-  if (!mk->cdist) { st = AD_FAIL(AD_ENOTIMPL, "%s: no kernel", op); goto done; }
+  if (!mk->cdist) { st = no_kernel(a, op); goto done; }
   AD_TRY_GOTO(st, mk->cdist(o, a, b), done);
   *out = o;
   o = NULL;
@@ -203,7 +213,7 @@ ad_status ad_mean_cov(ad_tensor **mu, ad_tensor **sigma, const ad_tensor *x_in, 
   int64_t ss[2] = {d, d};
   AD_TRY_GOTO(st, ad_empty(&m, 1, &d, AD_F64, ad_tensor_device(x)), done);
   AD_TRY_GOTO(st, ad_empty(&s, 2, ss, AD_F64, ad_tensor_device(x)), done);
-  if (!mk->mean_cov) { st = AD_FAIL(AD_ENOTIMPL, "%s: no kernel", op); goto done; }
+  if (!mk->mean_cov) { st = no_kernel(x, op); goto done; }
   AD_TRY_GOTO(st, mk->mean_cov(m, s, x, ddof), done);
   *mu = m;
   *sigma = s;
@@ -235,7 +245,7 @@ ad_status ad_eigh(ad_tensor **w, ad_tensor **v, const ad_tensor *a_in) {
   int64_t n = a->shape[0], vs[2] = {n, n};
   AD_TRY_GOTO(st, ad_empty(&ow, 1, &n, AD_F64, ad_tensor_device(a)), done);
   if (v) AD_TRY_GOTO(st, ad_empty(&ov, 2, vs, AD_F64, ad_tensor_device(a)), done);
-  if (!mk->eigh) { st = AD_FAIL(AD_ENOTIMPL, "%s: no kernel", op); goto done; }
+  if (!mk->eigh) { st = no_kernel(a, op); goto done; }
   AD_TRY_GOTO(st, mk->eigh(ow, ov, a), done);
   *w = ow;
   if (v) *v = ov;

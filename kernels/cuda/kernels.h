@@ -291,6 +291,45 @@ cudaError_t ad_launch_sq_norm_chunks(const adk_ctx *c, double *part, const adk_m
 cudaError_t ad_launch_sum_doubles(const adk_ctx *c, double *out, const double *part, int64_t n);
 cudaError_t ad_launch_scale(const adk_ctx *c, const adk_mt_batch *b, double s);
 
+/* ======================================================================= metrics.cu
+ * The evaluation-metric family (core/cuda/cuda_metrics.c): features x (n, d) are
+ * contiguous f32 or f64; everything derived from them is f64. Distances come
+ * from f64 GEMM blocks G = Xc[i0 : i0+b] Y^T of centred rows (the glue runs
+ * the DGEMM); the kernels here turn a block into decisions, and recompute in
+ * f64 from the input rows, in the CPU's exact_dist order, every pair whose
+ * error bound leaves the decision open. */
+#define ADK_KNN_MAXK 32   /* largest k of the CUDA k-NN radii */
+/* sum[t] += column sums of x (n, d), f64, in a fixed order */
+cudaError_t ad_launch_metrics_column_sums(const adk_ctx *c, double *sum, const void *x, int dtype, int64_t n,
+                                          int64_t d);
+/* *row = first row of x holding a NaN or Inf, -1 if none. Synchronises. */
+cudaError_t ad_launch_metrics_first_nonfinite(const adk_ctx *c, const void *x, int dtype, int64_t n, int64_t d,
+                                              int64_t *row);
+/* xc (n, d) f64 <- x - centre, n2[i] <- ||xc_i||^2 (n2 may be NULL) */
+cudaError_t ad_launch_metrics_centre(const adk_ctx *c, double *xc, double *n2, const void *x, int dtype, int64_t n,
+                                     int64_t d, const double *centre);
+/* radii[i0 .. i0+b) <- the k-th smallest distance from row i to the other rows of
+ * x (n, d) that do not share its id (ids may be NULL), from G (b, n) = Xc_block Xc^T,
+ * n2 the squared norms of Xc and nmax their largest square root. A row with
+ * fewer than k such rows gets NaN and lowers *short_row (device, initialised
+ * to UINT64_MAX by the caller) to its index. 1 <= k <= ADK_KNN_MAXK. */
+cudaError_t ad_launch_knn_radii_block(const adk_ctx *c, double *radii, const double *G, int64_t i0, int64_t b,
+                                      const void *x, int dtype, int64_t n, int64_t d, const double *n2, double nmax,
+                                      const int64_t *ids, int64_t k, unsigned long long *short_row);
+/* For real rows i0 .. i0+b) against all m fake rows, G (b, m) = Rc_block Fc^T:
+ *   rir[i] = #{j : d(i, j) <= rr[i]}, rif[i] = #{j : d(i, j) <= rf[j]} (rf, rif may be NULL),
+ *   fir[j] += #{i in block : d(i, j) <= rr[i]} (fir zeroed by the caller).
+ * rn2/fn2 the squared norms of the centred rows, fmax the largest fake norm. */
+cudaError_t ad_launch_manifold_counts_block(const adk_ctx *c, int64_t *fir, int64_t *rir, int64_t *rif,
+                                            const double *G, int64_t i0, int64_t b, int64_t m, const void *real,
+                                            const void *fake, int dtype, int64_t d, const double *rn2,
+                                            const double *fn2, double fmax, const double *rr, const double *rf);
+/* o (n, m) holding -2 Ac Bc^T <- sqrt(max(o + na[i] + nb[j], 0)) */
+cudaError_t ad_launch_cdist_finish(const adk_ctx *c, double *o, const double *na, const double *nb, int64_t n,
+                                   int64_t m);
+/* s (d, d): the upper triangle (j >= i) scaled by `scale`, mirrored into the lower */
+cudaError_t ad_launch_cov_finish(const adk_ctx *c, double *s, int64_t d, double scale);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,12 +5,14 @@
 #   1. builds advdiff with CUDA (cmake -DADVDIFF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90)
 #   2. tests/c/test_cuda_parity      conversions, Philox, an op table, the caching allocator
 #   3. tests/gpu/test_cuda_ops.lua   every op forward and backward on CUDA vs the CPU
-#   4. tests/gpu/test_cuda_random.lua  Philox streams bit-identical across devices
+#   4. tests/gpu/test_cuda_random.lua  Philox streams bit-identical across devices;
+#      tests/gpu/test_cuda_metrics.lua  k-NN radii, manifold counts, cdist, mean_cov vs the CPU
 #   5. tests/gpu/test_cuda_fixtures.lua  the golden fixtures (ADM, ResNet-18, diffusion) on CUDA
 #   6. tests/lua/test_cuda_cpu.lua   autocast and GradScaler (the no-GPU checks skip);
 #      tests/lua/test_autocast_models.lua  the golden fixtures under bf16/f16 autocast on CUDA
 #   7. benchmarks: tests/bench/gpu_{matmul,conv,adamw,alloc}.lua against
-#      tests/bench/torch_gpu_{matmul,conv,adamw}.py (PyTorch on the same GPU)
+#      tests/bench/torch_gpu_{matmul,conv,adamw}.py (PyTorch on the same GPU);
+#      tests/bench/gpu_metrics.lua (precision/recall at 50k x 50k x 2048, and the CPU at 10k)
 #   8. the op suite (--quick) under compute-sanitizer memcheck
 # and prints a pass/fail + timing table and the benchmark table LAST.
 #
@@ -166,6 +168,7 @@ if [ "$BUILT" = 1 ]; then
   step "c parity (test_cuda_parity)" 120 "checks|allocator" "$BUILD/test_cuda_parity"
   step "ops fwd+bwd vs cpu (test_cuda_ops)" 150 "cuda ops:" "$AD" tests/gpu/test_cuda_ops.lua --out "$OUTDIR/ops.txt"
   step "philox across devices" 60 "philox on" "$AD" tests/gpu/test_cuda_random.lua
+  step "metrics vs cpu (test_cuda_metrics)" 90 "cuda metrics:" "$AD" tests/gpu/test_cuda_metrics.lua $QARG
   step "golden fixtures on cuda" 150 "fixtures on" "$AD" tests/gpu/test_cuda_fixtures.lua
   step "autocast + GradScaler (test_cuda_cpu)" 60 "passed" "$AD" tests/lua/run.lua tests/lua/test_cuda_cpu.lua
   step "autocast goldens on cuda (test_autocast_models)" 90 "passed" \
@@ -187,6 +190,8 @@ if [ "$BUILT" = 1 ]; then
     bench "bench adamw 300M (advdiff)" 60 "$BENCH_OURS" "$AD" tests/bench/gpu_adamw.lua $QARG
     bench "bench adamw 300M (torch)" 60 "$BENCH_TORCH" python3 tests/bench/torch_gpu_adamw.py $QARG
     bench "bench allocator" 45 "$BENCH_OURS" "$AD" tests/bench/gpu_alloc.lua
+    step "bench precision/recall 50k (advdiff)" 90 "gpu metrics:" "$AD" tests/bench/gpu_metrics.lua $QARG
+    grep -h '^BENCH' "$OUTDIR/last_step.txt" 2>/dev/null | cut -f2- >> "$BENCH_OURS"
   fi
 
   # ------------------------------------------------------------ memcheck

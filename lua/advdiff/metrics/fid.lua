@@ -40,7 +40,7 @@ end
 --- Mean and covariance of features (N, D), as pytorch-fid computes them:
 -- {mu = (D) f64, sigma = (D, D) f64, n = N}
 function M.stats(feats)
-  feats = U.features("stats", "features", feats)
+  feats = U.features("stats", "features", feats, true)   -- mean_cov has a CUDA kernel
   local n = feats:shape()[1]
   if n < 2 then error(string.format("stats: need at least 2 feature vectors for a covariance, got %d", n), 2) end
   U.check_finite("stats", "the", feats)
@@ -125,7 +125,7 @@ end
 local function resolve(fname, x, what)
   if type(x) == "string" then return M.load_stats(x), nil end
   if core.is_tensor(x) then
-    local f = U.features(fname, what, x)
+    local f = U.features(fname, what, x, true)   -- for mean_cov; the Gram form moves them
     U.check_finite(fname, what, f)
     if f:shape()[1] < 2 then
       error(string.format("%s: %s needs at least 2 feature vectors for a covariance, got %d", fname, what, f:shape()[1]), 3)
@@ -154,7 +154,7 @@ function M.fid(a, b, opts)
   end
   if fa and fb and method ~= "eigen" then
     local d = fa:shape()[2]
-    if method == "gram" or math.min(fa:shape()[1], fb:shape()[1]) < d then return fid_gram(fa, fb) end
+    if method == "gram" or math.min(fa:shape()[1], fb:shape()[1]) < d then return fid_gram(fa:cpu(), fb:cpu()) end
   end
   -- features were checked by resolve(): straight to the core
   if not sa then local mu, sigma = core._mean_cov(fa, 1); sa = { mu = mu, sigma = sigma } end

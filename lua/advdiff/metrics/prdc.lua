@@ -9,15 +9,18 @@
 --   density   = sum_y #{x : d(y, x) <= r_k(x)} / (k M)
 --   coverage  = #{x : exists y, d(x, y) <= r_k(x)} / N
 -- The distance work runs in the core (ad._knn_radii, ad._manifold_counts):
--- sgemm blocks of bounded memory with exact f64 decisions (core/metrics.h).
+-- blocks of bounded memory with exact f64 decisions (core/metrics.h), on the
+-- GPU when the features are on one CUDA device (k up to U.CUDA_KNN_MAXK),
+-- else on the CPU.
 local core = require "advdiff.core"
 local U = require "advdiff.metrics.util"
 
 local M = {}
 
 local function prepare(fname, real, fake, k, need_fake_radii)
-  real = U.features(fname, "real", real)
-  fake = U.features(fname, "fake", fake)
+  local keep = U.same_cuda(real, fake) and k <= U.CUDA_KNN_MAXK
+  real = U.features(fname, "real", real, keep)
+  fake = U.features(fname, "fake", fake, keep)
   local n, m = real:shape()[1], fake:shape()[1]
   if real:shape()[2] ~= fake:shape()[2] then
     error(string.format("%s: real and fake features differ in dimension (%d vs %d)", fname, real:shape()[2],
@@ -40,13 +43,13 @@ end
 -- opts: ids (i64 (N): rows with one id are copies of one point), block_rows.
 function M.knn_radii(x, k, opts)
   opts = U.opts("knn_radii", opts)
-  x = U.features("knn_radii", "x", x)
   k = U.posint("knn_radii", "k", k, 3)
+  x = U.features("knn_radii", "x", x, k <= U.CUDA_KNN_MAXK)
   if x:shape()[1] <= k then
     error(string.format("knn_radii: need more than k = %d samples, got %d", k, x:shape()[1]), 2)
   end
   U.check_finite("knn_radii", "the", x)
-  return core._knn_radii(x, k, opts.ids, opts.block_rows or 0)
+  return core._knn_radii(x, k, U.to_device_of(opts.ids, x), opts.block_rows or 0)
 end
 
 --- All four numbers at once (one pass over each distance matrix).
@@ -59,8 +62,10 @@ function M.prdc(real, fake, opts)
   local recall = not opts._no_recall
   real, fake = prepare(opts._fname or "prdc", real, fake, k, recall)
   local block = opts.block_rows or 0
-  local rr = opts.radii and opts.radii.real or core._knn_radii(real, k, opts.real_ids, block)
-  local rf = recall and (opts.radii and opts.radii.fake or core._knn_radii(fake, k, opts.fake_ids, block)) or nil
+  local given = opts.radii or {}
+  local rr = U.to_device_of(given.real, real) or core._knn_radii(real, k, U.to_device_of(opts.real_ids, real), block)
+  local rf = recall and (U.to_device_of(given.fake, fake)
+    or core._knn_radii(fake, k, U.to_device_of(opts.fake_ids, fake), block)) or nil
   local fake_in_real, real_in_real, real_in_fake = core._manifold_counts(real, fake, rr, rf, block)
   local n, m = real:shape()[1], fake:shape()[1]
   local function frac_pos(c) return c:gt(0):double():sum():item() / c:numel() end

@@ -29,8 +29,13 @@ function U.posint(fname, name, v, default, min)
   return v
 end
 
---- (N, D) float features on the CPU; errors name the function and the argument
-function U.features(fname, what, x)
+--- the largest k of the CUDA k-NN radii (ADK_KNN_MAXK in kernels/cuda/kernels.h)
+U.CUDA_KNN_MAXK = 32
+
+--- (N, D) float features on the CPU, or left on their CUDA device when
+-- keep_cuda is true (the caller's op has a CUDA kernel: knn_radii,
+-- manifold_counts, mean_cov); errors name the function and the argument
+function U.features(fname, what, x, keep_cuda)
   if not core.is_tensor(x) then
     error(string.format("%s: %s must be a feature tensor (N, D), got %s", fname, what, type(x)), 3)
   end
@@ -43,8 +48,21 @@ function U.features(fname, what, x)
     if dt == "f16" or dt == "bf16" then x = x:float()
     else error(string.format("%s: %s must be float features, got %s", fname, what, dt), 3) end
   end
-  if x:device() ~= "cpu" then x = x:cpu() end
+  if x:device() ~= "cpu" and not (keep_cuda and U.on_cuda(x)) then x = x:cpu() end
   return x
+end
+
+function U.on_cuda(x) return x:device():sub(1, 4) == "cuda" end
+
+--- a, b (tensors or nil) on one CUDA device: the two-set metric ops can stay there
+function U.same_cuda(a, b)
+  return core.is_tensor(a) and core.is_tensor(b) and U.on_cuda(a) and a:device() == b:device()
+end
+
+--- an optional tensor argument (ids, radii) moved to the features' device
+function U.to_device_of(t, x)
+  if t == nil or not core.is_tensor(t) or t:device() == x:device() then return t end
+  return t:to(x:device())
 end
 
 --- error when x holds NaN or Inf, naming the first bad row
