@@ -33,14 +33,27 @@
 -- A stage whose settings changed (say pretrain_steps) is redone, and so is everything
 -- after it. The adversarial stage also resumes from its last checkpoint when interrupted.
 --
+-- Shared stage cache (--set cache=DIR): the stages that do not depend on the adversarial
+-- settings (pretrain, classifier, featnet) are read from and written to DIR instead of
+-- out/, as DIR/<stage>-<hash of its settings>/, so runs with other lambda_adv, gate_region,
+-- lr_g, ... (a sweep's runs, each in its own out folder) pretrain once between them, and
+-- runs with other pretraining settings never collide. A stage is computed in a private
+-- folder and renamed into place when complete, so DIR never holds half a stage; a lock
+-- (DIR/<stage>-<hash>.lock, naming the holder's host and pid) makes a run wait while
+-- another process on the same machine computes the stage it needs instead of computing it
+-- twice; a lock whose process is gone is taken over. A holder on another machine (a shared
+-- cache on a cluster) is not waited for: both compute, the first rename wins and the other
+-- run loads the winner's weights.
+--
 -- Outputs (out = runs/quickstart by default): report.md, results.json (flat: the
 -- fine-tuned model's sharpness, precision, recall, fid, ... at the top level, the
--- pretrained model's under "pretrained", changes in % under "change_pct", timings),
+-- pretrained model's under "pretrained", changes in % under "change_pct", timings,
+-- stage_dirs: the folder each stage's weights are in, out/<stage> or the cache's entry),
 -- eval/ (table.md, compare's results.json, samples.png, spectrum.png, real.png),
 -- plots/ (loss curves of every stage), adversarial/ (the trainer's log.jsonl,
 -- metrics.csv, plots/, checkpoint), the stages' weights as .safetensors.
 --
--- Config keys (--set key=value): scale, out, seed, device, lambda_adv, gate_region,
+-- Config keys (--set key=value): scale, out, cache, seed, device, lambda_adv, gate_region,
 -- lr_g, lr_d, and per stage the counts below; a scale preset fills every count the
 -- command line does not set.
 local ad = require "advdiff"
@@ -74,7 +87,7 @@ local PRESETS = {
 }
 
 local cfg = ad.config {
-  scale = "small", out = "runs/quickstart", seed = 0, device = "cpu",
+  scale = "small", out = "runs/quickstart", cache = "", seed = 0, device = "cpu",
   lambda_adv = 0.002, gate_region = 0.5, lr_d = 4e-5, lr_g = 5e-6,
   pretrain_steps = 0, pretrain_batch = 0, pretrain_lr = 0.0, pretrain_ema = 0.0,
   classifier_steps = 0, classifier_batch = 0, featnet_steps = 0, featnet_batch = 0,
@@ -88,6 +101,7 @@ for k, v in pairs(preset) do
   if config.overrides[k] == nil then cfg[k] = v end
 end
 local out = cfg.out:gsub("/+$", "")
+local cache = cfg.cache ~= "" and (cfg.cache:gsub("(.)/+$", "%1")) or nil
 local dev = cfg.device ~= "cpu" and cfg.device or nil
 local T_START = ad._now()
 
@@ -110,8 +124,8 @@ local function num_params(m) local n = 0; for _, p in ipairs(m:parameters()) do 
 logm.mkdir(out)
 logm.mkdir(out .. "/plots")
 
-say("quickstart: scale=%s out=%s seed=%d device=%s lambda_adv=%g gate_region=%g", cfg.scale, out, cfg.seed,
-  cfg.device, cfg.lambda_adv, cfg.gate_region)
+say("quickstart: scale=%s out=%s seed=%d device=%s lambda_adv=%g gate_region=%g%s", cfg.scale, out, cfg.seed,
+  cfg.device, cfg.lambda_adv, cfg.gate_region, cache and (" cache=" .. cache) or "")
 
 ---------------------------------------------------------------------------- models and data
 
@@ -179,42 +193,180 @@ end
 ---------------------------------------------------------------------------- stage cache
 
 local STAGE_ORDER = { "pretrain", "classifier", "featnet", "adversarial", "eval" }
-local timings, redone = {}, {}
+local timings, redone, sigs, stage_dirs = {}, {}, {}, {}
 
--- the settings a stage depends on, as a canonical string (json.encode sorts keys)
-local function signature(settings) return json.encode(settings) end
+-- the settings a stage depends on, as a canonical string (json.encode sorts keys); a stage
+-- after others also depends on theirs, so a run folder whose pretraining now comes from
+-- other settings (the shared cache filled by another process) redoes its later stages
+local function signature(settings, upstream)
+  if not upstream or #upstream == 0 then return json.encode(settings) end
+  local up = {}
+  for _, u in ipairs(upstream) do up[u] = sigs[u] end
+  return json.encode({ settings = settings, upstream = up })
+end
 
--- Run a stage or load it. models: {file_stem = module}; train(dir) -> info table.
-local function stage(name, settings, models, train, upstream)
-  local dir = out .. "/" .. name
-  local sig = signature(settings)
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local function copy_file(src, dst)
+  local f = io.open(src, "rb")
+  if not f then return false end
+  local data = f:read("a"); f:close()
+  local g = assert(io.open(dst, "wb"))
+  g:write(data); g:close()
+  return true
+end
+
+-- 64-bit FNV-1a as hex: a cache entry's name from its signature (the entry's DONE keeps the
+-- whole signature, checked on load, so a collision is a recomputation, never a wrong load)
+local function fnv1a64(s)
+  local h = 0xcbf29ce484222325
+  for i = 1, #s do h = (h ~ s:byte(i)) * 0x100000001b3 end
+  return string.format("%016x", h)
+end
+
+local HOST = (function()
+  local f = io.open("/proc/sys/kernel/hostname", "r")
+  local h = f and f:read("l"); if f then f:close() end
+  return (h and h ~= "" and h or os.getenv("HOSTNAME") or "localhost"):gsub("%s", "_")
+end)()
+local PID = ad._proc_getpid()
+
+-- A lock is a symbolic link whose target names the holder ("host pid"): creating one is
+-- atomic and fails when it exists, and the holder is read with the link.
+local function try_lock(path)
+  return os.execute("ln -s " .. q(HOST .. " " .. PID) .. " " .. q(path) .. " 2>/dev/null") == true
+end
+local function lock_holder(path)
+  local h = io.popen("readlink " .. q(path) .. " 2>/dev/null")
+  local s = h:read("l"); h:close()
+  if not s then return nil end
+  local host, pid = s:match("^(%S+) (%d+)$")
+  return host or "?", math.tointeger(tonumber(pid)) or 0, s
+end
+
+-- load a stage's weights from dir, after checking its DONE marker holds signature sig
+local function load_stage(dir, sig, models)
   local marker = read_json(dir .. "/DONE")
-  local stale_upstream = false
-  for _, u in ipairs(upstream or {}) do if redone[u] then stale_upstream = true end end
-  if marker and marker.signature == sig and not stale_upstream then
-    local ok, err = pcall(function()
-      for stem, m in pairs(models) do m:load_state_dict(ad.load(dir .. "/" .. stem .. ".safetensors")) end
-    end)
-    if ok then
-      say("[%s] done before (%s): loaded", name, dir)
-      timings[name] = marker.info and marker.info.seconds or 0
-      return marker.info or {}
-    end
-    say("[%s] cached weights do not load (%s): redoing the stage", name, tostring(err))
-  elseif marker then
-    say("[%s] %s: redoing the stage", name, stale_upstream and "an earlier stage was redone" or "settings changed")
-  end
-  os.remove(dir .. "/DONE")
-  logm.mkdir(dir)
+  if not marker then return nil end
+  if marker.signature ~= sig then return nil, "its DONE marker holds other settings" end
+  local ok, err = pcall(function()
+    for stem, m in pairs(models) do m:load_state_dict(ad.load(dir .. "/" .. stem .. ".safetensors")) end
+  end)
+  if not ok then return nil, tostring(err) end
+  return marker
+end
+
+-- train in dir, save the weights and the DONE marker
+local function compute_stage(name, dir, settings, sig, models, train)
   say("[%s] running", name)
   local t0 = ad._now()
   local info = train(dir, sig) or {}
   info.seconds = ad._now() - t0
   for stem, m in pairs(models) do ad.save(dir .. "/" .. stem .. ".safetensors", (m:state_dict())) end
   write_json(dir .. "/DONE", { stage = name, signature = sig, settings = settings, info = info })
-  timings[name] = info.seconds
   redone[name] = true
   say("[%s] done in %.1f s", name, info.seconds)
+  return info
+end
+
+-- A stage of the shared cache: load DIR/<name>-<hash>, or take its lock, compute it in a
+-- private folder and rename that into place. Returns info, the entry's folder.
+local function cached_stage(name, settings, sig, models, train)
+  local entry = cache .. "/" .. name .. "-" .. fnv1a64(sig)
+  local lock = entry .. ".lock"
+  logm.mkdir(cache)
+  local locked, said_wait, no_lock = false, false, 0
+  while true do
+    local marker, why = load_stage(entry, sig, models)
+    if marker then
+      say("[%s] cached (%s): loaded", name, entry)
+      return marker.info or {}, entry
+    end
+    if why and not said_wait then say("[%s] the cached %s does not load (%s): redoing it", name, entry, why) end
+    if try_lock(lock) then locked = true; break end
+    local host, pid, raw = lock_holder(lock)
+    if host == nil then
+      -- released between our two looks: look for the entry again; but a folder where no
+      -- link can be made (a file system without symbolic links) never gets one
+      no_lock = no_lock + 1
+      if no_lock >= 5 then
+        say("[%s] cannot create the lock %s: computing without it", name, lock)
+        break
+      end
+    elseif host ~= HOST then
+      say("[%s] %s (on another machine) is computing it too; computing it here as well", name, raw)
+      break
+    elseif pid == PID or not ad._proc_kill(pid, 0) then
+      -- the holder is gone (killed mid-stage): take the lock over. Renaming the stale link
+      -- away first means that of several runs finding it at once only one removes it.
+      local stale = string.format("%s.stale-%s-%d", lock, HOST, PID)
+      if os.rename(lock, stale) then os.remove(stale) end
+    else
+      if not said_wait then say("[%s] waiting for process %d, which is computing it into %s", name, pid, entry) end
+      said_wait = true
+      ad._proc_sleep(0.5)
+    end
+  end
+  local tmp = string.format("%s/.tmp-%s-%s-%d", cache, name, HOST, PID)
+  os.execute("rm -rf " .. q(tmp))
+  logm.mkdir(tmp)
+  local ok, info = pcall(compute_stage, name, tmp, settings, sig, models, train)
+  local stored = ok and os.rename(tmp, entry)
+  if ok and not stored then
+    -- the entry exists: computed by a run on another machine (load the winner, so every run
+    -- of a sweep fine-tunes the same weights), or one that did not load (replace it)
+    local marker = load_stage(entry, sig, models)
+    if marker then
+      say("[%s] another run stored it first: using %s", name, entry)
+      info = marker.info or info
+    else
+      local old = string.format("%s/.old-%s-%s-%d", cache, name, HOST, PID)
+      stored = os.rename(entry, old) and os.rename(tmp, entry)
+      ok = stored
+      if ok then os.execute("rm -rf " .. q(old)) else info = "cannot move " .. tmp .. " to " .. entry end
+    end
+  end
+  os.execute("rm -rf " .. q(tmp))
+  if locked then os.remove(lock) end
+  if not ok then error(info, 0) end
+  if stored then say("[%s] stored in the cache: %s", name, entry) end
+  return info, entry
+end
+
+-- Run a stage or load it. models: {file_stem = module}; train(dir, signature) -> info table;
+-- upstream: the stages it builds on; shared: the stage goes to the shared cache when there is
+-- one. A stage's loss curve, dir/loss.png, is copied to out/plots/<name>_loss.png.
+local function stage(name, settings, models, train, upstream, shared)
+  local sig = signature(settings, upstream)
+  sigs[name] = sig
+  local info, dir
+  if shared and cache then
+    info, dir = cached_stage(name, settings, sig, models, train)
+    timings[name] = info.seconds or 0
+  else
+    dir = out .. "/" .. name
+    local stale_upstream = false
+    for _, u in ipairs(upstream or {}) do if redone[u] then stale_upstream = true end end
+    local marker, why
+    if not stale_upstream then marker, why = load_stage(dir, sig, models) end
+    if marker then
+      say("[%s] done before (%s): loaded", name, dir)
+      info = marker.info or {}
+      timings[name] = info.seconds or 0
+    else
+      if stale_upstream and exists(dir .. "/DONE") then
+        say("[%s] an earlier stage was redone: redoing the stage", name)
+      elseif why then
+        say("[%s] %s: redoing the stage", name, why == "its DONE marker holds other settings" and "settings changed"
+          or "cached weights do not load (" .. why .. ")")
+      end
+      os.remove(dir .. "/DONE")
+      logm.mkdir(dir)
+      info = compute_stage(name, dir, settings, sig, models, train)
+      timings[name] = info.seconds
+    end
+  end
+  stage_dirs[name] = dir
+  copy_file(dir .. "/loss.png", out .. "/plots/" .. name .. "_loss.png")
   return info
 end
 
@@ -274,12 +426,12 @@ local pre_info = stage("pretrain", {
   l:close()
   ema:swap(G)   -- the pretrained model is the EMA, as guided-diffusion's released checkpoints
   G:eval()
-  curves(out .. "/plots/pretrain_loss.png", "ADM pretraining loss (hybrid)", hist)
+  curves(dir .. "/loss.png", "ADM pretraining loss (hybrid)", hist)
   local n = #hist.ys
   local tail = 0
   for i = math.max(1, n - 9), n do tail = tail + hist.ys[i] end
   return { final_loss = tail / math.min(10, n), params = num_params(G) }
-end)
+end, nil, true)
 G0:eval()
 
 ---------------------------------------------------------------------------- 2 classifiers
@@ -313,20 +465,20 @@ end
 local resnet = new_resnet()
 local cls_info = stage("classifier", {
   steps = cfg.classifier_steps, batch = cfg.classifier_batch, seed = cfg.seed, data = cfg.data,
-}, { resnet18 = resnet }, function()
+}, { resnet18 = resnet }, function(dir)
   return train_classifier(resnet, to_rgb, cfg.classifier_steps, cfg.classifier_batch, 1e-3, cfg.seed,
-    "ResNet18 classifier", out .. "/plots/classifier_loss.png")
-end)
+    "ResNet18 classifier", dir .. "/loss.png")
+end, nil, true)
 say("[classifier] ResNet18 test accuracy (500 images): %.3f", cls_info.test_accuracy_500 or 0 / 0)
 
 local featnet = new_featnet()
 local function to01(x) return (x + 1) * 0.5 end
 local feat_info = stage("featnet", {
   steps = cfg.featnet_steps, batch = cfg.featnet_batch, seed = cfg.seed + 1, data = cfg.data,
-}, { featnet = featnet }, function()
+}, { featnet = featnet }, function(dir)
   return train_classifier(featnet, to01, cfg.featnet_steps, cfg.featnet_batch, 2e-3, cfg.seed + 1,
-    "feature network", out .. "/plots/featnet_loss.png")
-end)
+    "feature network", dir .. "/loss.png")
+end, nil, true)
 featnet:eval()
 say("[featnet] feature network test accuracy (500 images): %.3f", feat_info.test_accuracy_500 or 0 / 0)
 
@@ -434,7 +586,7 @@ local results = {
   pretrained = {}, real = {}, change_pct = {}, ci = {},
   classifier_accuracy = cls_info.test_accuracy_500, featnet_accuracy = feat_info.test_accuracy_500,
   pretrain_loss = pre_info.final_loss, n_eval = eval_info.n,
-  timings_s = timings, config = cfg,
+  timings_s = timings, config = cfg, stage_dirs = stage_dirs,
 }
 for key, e in pairs(cres.metrics or {}) do
   results[key] = e.b
@@ -470,6 +622,11 @@ L[#L + 1] = string.format("| eval | %d samples per model, %d sampling steps | %.
   timings.eval or 0)
 L[#L + 1] = string.format("| total | | %.1f |", total)
 L[#L + 1] = ""
+if cache then
+  L[#L + 1] = string.format("Pretraining stages from the shared cache `%s`: `%s`, `%s`, `%s` (their seconds are those of "
+    .. "the run that computed them).", cache, stage_dirs.pretrain, stage_dirs.classifier, stage_dirs.featnet)
+  L[#L + 1] = ""
+end
 L[#L + 1] = (table_md:gsub("^# [^\n]*\n", "## Pretrained vs fine-tuned\n"))
 L[#L + 1] = "## Figures"
 L[#L + 1] = ""

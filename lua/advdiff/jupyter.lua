@@ -99,9 +99,13 @@ function M.execute(code)
   displays = {}
   local chunk, err = load("return " .. code, "=cell")
   if not chunk then
-    -- as in IPython, a cell whose last line is an expression shows its value
+    -- as in IPython, a cell whose last line is an expression shows its value; only when the
+    -- lines before it are whole statements: after "for ... do f(x)", `return end` compiles
+    -- too, and would end the loop in its first pass
     local head, last = code:match("^(.*\n)([^\n]*%S[^\n]*)%s*$")
-    if last and not last:match("^%s*%-%-") then chunk = load(head .. "return " .. last, "=cell") end
+    if last and not last:match("^%s*%-%-") and load(head, "=cell") and load("return " .. last, "=cell") then
+      chunk = load(head .. "return " .. last, "=cell")
+    end
   end
   if not chunk then chunk, err = load(code, "=cell") end
   if not chunk then

@@ -106,3 +106,120 @@ test("quickstart: a new lambda_adv redoes the adversarial stage and the evaluati
   assert(r.lambda_adv == 0.001)
   os.execute("rm -rf " .. q(dir))
 end)
+
+---------------------------------------------------------------------------- the shared stage cache
+
+local function count(text, s)
+  local n, i = 0, 1
+  while true do
+    local a, b = text:find(s, i, true)
+    if not a then return n end
+    n, i = n + 1, b + 1
+  end
+end
+
+local function ls(d)
+  local h = io.popen("ls -1A " .. q(d) .. " 2>/dev/null")
+  local names = {}
+  for l in h:lines() do names[#names + 1] = l end
+  h:close()
+  return names
+end
+
+local PRE = { "pretrain", "classifier", "featnet" }
+local cache_root
+
+test("quickstart cache=DIR: two runs started at once with other lambdas pretrain once between them", function()
+  need()
+  cache_root = tmpdir()
+  local cache = cache_root .. "/cache"
+  local a, b = cache_root .. "/a", cache_root .. "/b"
+  os.execute("mkdir -p " .. q(a) .. " " .. q(b))
+  local function cmd(dir, lambda)
+    local args = {}
+    for _, kv in ipairs(SMALLEST) do args[#args + 1] = "--set " .. q(kv) end
+    for _, kv in ipairs { "lambda_adv=" .. lambda, "cache=" .. cache, "out=" .. dir } do args[#args + 1] = "--set " .. q(kv) end
+    return string.format("%s %s %s >%s/stdout.txt 2>%s/stderr.txt; echo $? >%s/rc", q(EXE), q(SCRIPT),
+      table.concat(args, " "), q(dir), q(dir), q(dir))
+  end
+  -- both in the background of one shell, so they start together and contend for the locks
+  os.execute("(" .. cmd(a, "0.002") .. ") & (" .. cmd(b, "0.001") .. ") & wait")
+  local ta, tb = read(a .. "/stdout.txt"), read(b .. "/stdout.txt")
+  for _, d in ipairs { a, b } do
+    assert(read(d .. "/rc"):match("^0"), "a run failed:\n" .. read(d .. "/stdout.txt") .. read(d .. "/stderr.txt"):sub(-2000))
+  end
+  for _, s in ipairs(PRE) do
+    local both = ta .. tb
+    assert(count(both, "[" .. s .. "] running") == 1, "stage " .. s .. " was not computed exactly once:\n" .. ta .. "\n----\n" .. tb)
+    assert(count(both, "[" .. s .. "] cached (") == 1, "stage " .. s .. " was not loaded from the cache by the other run")
+    assert(not exists(a .. "/" .. s .. "/DONE") and not exists(b .. "/" .. s .. "/DONE"), s .. " was written to the run folder")
+    assert(exists(a .. "/plots/" .. s .. "_loss.png") and exists(b .. "/plots/" .. s .. "_loss.png"), "no " .. s .. " loss plot")
+  end
+  for _, s in ipairs { "adversarial", "eval" } do
+    assert(count(ta, "[" .. s .. "] running") == 1 and count(tb, "[" .. s .. "] running") == 1, s .. " not run in each folder")
+  end
+  local ra, rb = json.decode(read(a .. "/results.json")), json.decode(read(b .. "/results.json"))
+  assert(ra.lambda_adv == 0.002 and rb.lambda_adv == 0.001)
+  for _, s in ipairs(PRE) do
+    assert(ra.stage_dirs[s] == rb.stage_dirs[s] and ra.stage_dirs[s]:sub(1, #cache) == cache, "stage_dirs." .. s)
+    assert(exists(ra.stage_dirs[s] .. "/DONE"))
+  end
+  assert(ra.stage_dirs.adversarial == a .. "/adversarial")
+  -- nothing half-done or locked is left behind
+  local names = ls(cache)
+  assert(#names == 3, "the cache holds " .. table.concat(names, " "))
+  for _, n in ipairs(names) do assert(n:match("^%a+%-%x+$"), "leftover in the cache: " .. n) end
+end)
+
+test("quickstart cache=DIR: a later run with another lambda loads every pretraining stage; other settings get their own entry", function()
+  need()
+  if not cache_root then skip("the first cache run failed") end
+  local cache = cache_root .. "/cache"
+  local c = cache_root .. "/c"
+  os.execute("mkdir -p " .. q(c))
+  local text = run(c, { "lambda_adv=0", "cache=" .. cache })
+  for _, s in ipairs(PRE) do
+    assert(text:find("[" .. s .. "] cached (", 1, true) and not text:find("[" .. s .. "] running", 1, true),
+      s .. " was not loaded from the cache:\n" .. text)
+  end
+  assert(json.decode(read(c .. "/results.json")).lambda_adv == 0)
+  -- other pretraining settings: a new entry next to the old one; the classifiers still load
+  local d = cache_root .. "/d"
+  os.execute("mkdir -p " .. q(d))
+  text = run(d, { "cache=" .. cache, "pretrain_steps=3" })
+  assert(text:find("[pretrain] running", 1, true), "pretrain_steps changed but the cached pretraining was used:\n" .. text)
+  assert(text:find("[classifier] cached (", 1, true) and text:find("[featnet] cached (", 1, true))
+  local n = 0
+  for _, name in ipairs(ls(cache)) do if name:match("^pretrain%-") then n = n + 1 end end
+  assert(n == 2, "expected two pretrain entries, got " .. n)
+end)
+
+test("quickstart cache=DIR: a lock left by a process that died is taken over", function()
+  need()
+  if not cache_root then skip("the first cache run failed") end
+  local entry
+  for _, name in ipairs(ls(cache_root .. "/cache")) do
+    if name:match("^pretrain%-") and json.decode(read(cache_root .. "/cache/" .. name .. "/DONE")).settings.steps == 2 then
+      entry = name
+    end
+  end
+  assert(entry, "no pretrain entry with the first runs' settings")
+  -- the lock of the same entry in a fresh cache, held by a process that has exited
+  local h = io.popen("sh -c 'echo $$'")
+  local dead = h:read("l")
+  h:close()
+  local f = io.open("/proc/sys/kernel/hostname", "r")
+  local host = f and f:read("l") or os.getenv("HOSTNAME") or "localhost"
+  if f then f:close() end
+  local cache2 = cache_root .. "/cache2"
+  os.execute("mkdir -p " .. q(cache2))
+  assert(os.execute("ln -s " .. q(host:gsub("%s", "_") .. " " .. dead) .. " " .. q(cache2 .. "/" .. entry .. ".lock")))
+  local e = cache_root .. "/e"
+  os.execute("mkdir -p " .. q(e))
+  local text = run(e, { "cache=" .. cache2 })
+  assert(text:find("[pretrain] running", 1, true), "the stale lock was not taken over:\n" .. text)
+  assert(not text:find("waiting for process", 1, true))
+  assert(exists(cache2 .. "/" .. entry .. "/DONE"), "the entry was not stored under the same name")
+  assert(not exists(cache2 .. "/" .. entry .. ".lock"))
+  os.execute("rm -rf " .. q(cache_root))
+end)

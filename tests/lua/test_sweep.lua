@@ -405,4 +405,7 @@ test("experiments/sweep_lambda.lua is a valid sweep over lambda_adv and gate_reg
   assert(#runs >= 4)
   assert(runs[1].point.lambda_adv and runs[1].point.gate_region)
   assert(s.metric and s.out:match("^runs/sweeps/"))
+  -- the runs share quickstart's pretraining stages through one cache folder, outside every run's folder
+  assert(type(s.set.cache) == "string" and s.set.cache ~= "", "sweep_lambda.lua does not share the pretraining stages")
+  for _, r in ipairs(runs) do assert(s.set.cache:sub(1, #(s.out .. "/" .. r.id)) ~= s.out .. "/" .. r.id) end
 end)
