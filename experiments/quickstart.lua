@@ -53,7 +53,7 @@
 -- plots/ (loss curves of every stage), adversarial/ (the trainer's log.jsonl,
 -- metrics.csv, plots/, checkpoint), the stages' weights as .safetensors.
 --
--- Config keys (--set key=value): scale, out, cache, seed, device, lambda_adv, gate_region,
+-- Config keys (--set key=value): scale, out, cache, live, seed, device, lambda_adv, gate_region,
 -- lr_g, lr_d, and per stage the counts below; a scale preset fills every count the
 -- command line does not set.
 local ad = require "advdiff"
@@ -93,7 +93,7 @@ local cfg = ad.config {
   classifier_steps = 0, classifier_batch = 0, featnet_steps = 0, featnet_batch = 0,
   warmup_steps = 0, steps = 0, adv_batch = 0, adv_per_class = 0,
   train_respacing = 100, eval_n = 0, sample_steps = 0, bootstrap = 0,
-  data = "/usr/share/datasets/fashion-mnist",
+  data = "/usr/share/datasets/fashion-mnist", live = false,
 }
 local preset = PRESETS[cfg.scale]
 if not preset then error("quickstart: scale must be tiny, small or full, got '" .. cfg.scale .. "'", 0) end
@@ -497,9 +497,39 @@ local adv_settings = {
   lambda_adv = cfg.lambda_adv, gate_region = cfg.gate_region, lr_g = cfg.lr_g, lr_d = cfg.lr_d,
   respacing = cfg.train_respacing, seed = cfg.seed,
 }
-local adv_info = stage("adversarial", adv_settings, { generator = G1, discriminator = D }, function(dir, sig)
+-- the adversarial run: the paper's protocol with this run's settings (also the live mode's run)
+local function adversarial_run(dir, resume, progress)
   local ds = ad.data.FashionMNIST { root = cfg.data, split = "train", max_per_class = cfg.adv_per_class }
   local l = ad.data.DataLoader(ds, { batch_size = cfg.adv_batch, pad = 2, channels = 1, seed = cfg.seed, device = cfg.device })
+  local run = ad.train.adversarial {
+    G = G1, D = D, diffusion = diffusion(tostring(cfg.train_respacing)), data = l,
+    batch_size = cfg.adv_batch, seed = cfg.seed, device = cfg.device,
+    d_warmup_steps = cfg.warmup_steps, joint_steps = cfg.steps,
+    lr_g = cfg.lr_g, lr_d = cfg.lr_d, weight_decay_g = 0, weight_decay_d = 0,
+    lambda_adv = cfg.lambda_adv, lambda_schedule = "linear", lambda_ramp_steps = math.max(1, cfg.steps),
+    t_gate = "batch_mean", t_region = cfg.gate_region, diffusion_loss = "mse", d_target = "pred_xstart",
+    ema_decay = false, telemetry_every = 10, save_every = math.max(10, (cfg.warmup_steps + cfg.steps) // 5),
+    tensorboard = false, out_dir = dir, resume = resume, name = "adversarial", progress = progress,
+  }
+  return run, l
+end
+
+-- live=true: stop here with the adversarial run built but not run, as the global `run`, for
+-- the REPL (`advdiff -i experiments/quickstart.lua --set live=true`): run:start() trains between
+-- keystrokes, run.cfg.lambda_adv = ... changes λ at the next step (README, "Steering a run live").
+-- It trains in out/live/, apart from the cached stage, and resumes there when started again.
+if cfg.live then
+  local dir = out .. "/live"
+  logm.mkdir(dir)
+  local resume = exists(dir .. "/checkpoint.json") and dir .. "/checkpoint" or false
+  run = adversarial_run(dir, resume, false)   -- the REPL prints a status line every few steps
+  say("[live] the adversarial run is the global `run` (step %d of %d, logs in %s):", run.step_count,
+    cfg.warmup_steps + cfg.steps, dir)
+  say("[live]   run:start()  run:pause()  run:status()  run:step(5)  run.cfg.lambda_adv = 0.004  run:save()")
+  return run
+end
+
+local adv_info = stage("adversarial", adv_settings, { generator = G1, discriminator = D }, function(dir, sig)
   -- an interrupted run with the same settings resumes from its last checkpoint
   local resume = false
   local sigfile = dir .. "/SETTINGS"
@@ -509,16 +539,7 @@ local adv_info = stage("adversarial", adv_settings, { generator = G1, discrimina
     if s == sig and exists(dir .. "/checkpoint.json") then resume = dir .. "/checkpoint" end
   end
   write_file(sigfile, sig)
-  local run = ad.train.adversarial {
-    G = G1, D = D, diffusion = diffusion(tostring(cfg.train_respacing)), data = l,
-    batch_size = cfg.adv_batch, seed = cfg.seed, device = cfg.device,
-    d_warmup_steps = cfg.warmup_steps, joint_steps = cfg.steps,
-    lr_g = cfg.lr_g, lr_d = cfg.lr_d, weight_decay_g = 0, weight_decay_d = 0,
-    lambda_adv = cfg.lambda_adv, lambda_schedule = "linear", lambda_ramp_steps = math.max(1, cfg.steps),
-    t_gate = "batch_mean", t_region = cfg.gate_region, diffusion_loss = "mse", d_target = "pred_xstart",
-    ema_decay = false, telemetry_every = 10, save_every = math.max(10, (cfg.warmup_steps + cfg.steps) // 5),
-    tensorboard = false, out_dir = dir, resume = resume, name = "adversarial",
-  }
+  local run, l = adversarial_run(dir, resume)
   if resume then say("[adversarial] resuming at step %d", run.step_count) end
   run:run()
   run:close()

@@ -92,6 +92,32 @@ test("quickstart: a rerun loads every stage and trains nothing", function()
   assert(a.sharpness == b.sharpness and a.fid == b.fid, "a cached rerun changed the results")
 end)
 
+test("quickstart live=true: loads the stages, leaves the adversarial run to the REPL as `run`", function()
+  need()
+  if not dir then skip("the first run failed") end
+  local args = {}
+  for _, kv in ipairs(SMALLEST) do args[#args + 1] = "--set " .. q(kv) end
+  for _, kv in ipairs { "live=true", "out=" .. dir } do args[#args + 1] = "--set " .. q(kv) end
+  -- the REPL reads these lines from stdin, as a user would type them
+  local input = dir .. "/repl_input.lua"
+  local f = assert(io.open(input, "w"))
+  f:write('run.cfg.lambda_adv = 0.004\nrun:step(2)\nprint("LIVE", run.step_count, run.last.phase, run.cfg.lambda_adv)\n')
+  f:close()
+  local cmd = string.format("%s -i %s %s < %s 2>%s/stderr.txt", q(EXE), q(SCRIPT), table.concat(args, " "), q(input), q(dir))
+  local h = io.popen(cmd, "r")
+  local text = h:read("a")
+  h:close()
+  for _, stage in ipairs { "pretrain", "classifier", "featnet" } do
+    assert(text:find("[" .. stage .. "] done before", 1, true), "stage " .. stage .. " was not loaded:\n" .. text)
+  end
+  assert(text:find("the adversarial run is the global `run`", 1, true), text)
+  assert(not text:find("[adversarial] running", 1, true) and not text:find("[eval] running", 1, true),
+    "live mode ran the adversarial or eval stage:\n" .. text)
+  assert(text:find("LIVE\t2\t2\t0.004", 1, true), "the REPL did not train the run:\n" .. text)
+  local log = read(dir .. "/live/log.jsonl")
+  assert(log:find('"key":"lambda_adv"', 1, true) and log:find('"new":0.004', 1, true), "the live change was not logged")
+end)
+
 test("quickstart: a new lambda_adv redoes the adversarial stage and the evaluation only", function()
   need()
   if not dir then skip("the first run failed") end
