@@ -3,7 +3,26 @@
 #include <string.h>
 #include "lutil.h"
 
+/* Lua's collector sees the 8-byte boxes, not the storages behind them, so a loop
+ * that drops large tensors (on a GPU above all) can fill the device long before
+ * Lua feels any pressure, and the caching allocator cannot free what dead boxes
+ * still hold. So each new box looks at the bytes held by live storages: when they
+ * have grown by half (and by 256 MiB) since the last collection, a full
+ * collection runs first. Live memory that really grows costs one collection per
+ * 1.5x; garbage is bounded by half the live memory plus 256 MiB. */
+static int64_t gc_mark = -1;
+
+static void gc_pressure(lua_State *L) {
+  int64_t now = ad_memory_allocated(AD_DEV_CPU) + ad_memory_allocated(AD_DEV_CUDA);
+  if (gc_mark < 0 || now < gc_mark) { gc_mark = now; return; }
+  if (now - gc_mark > gc_mark / 2 + ((int64_t)256 << 20) && lua_gc(L, LUA_GCISRUNNING)) {
+    lua_gc(L, LUA_GCCOLLECT);
+    gc_mark = ad_memory_allocated(AD_DEV_CPU) + ad_memory_allocated(AD_DEV_CUDA);
+  }
+}
+
 ad_tensor **l_newbox(lua_State *L) {
+  gc_pressure(L);
   ad_tensor **box = lua_newuserdatauv(L, sizeof *box, 0);
   *box = NULL;
   luaL_setmetatable(L, L_TENSOR);

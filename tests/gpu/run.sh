@@ -10,8 +10,8 @@
 #   5. tests/gpu/test_cuda_fixtures.lua  the golden fixtures (ADM, ResNet-18, diffusion) on CUDA
 #   6. tests/lua/test_cuda_cpu.lua   autocast and GradScaler (the no-GPU checks skip);
 #      tests/lua/test_autocast_models.lua  the golden fixtures under bf16/f16 autocast on CUDA
-#   7. benchmarks: tests/bench/gpu_{matmul,conv,adamw,alloc}.lua against
-#      tests/bench/torch_gpu_{matmul,conv,adamw}.py (PyTorch on the same GPU);
+#   7. benchmarks: tests/bench/gpu_{matmul,conv,adamw,alloc,metrics,adm}.lua against
+#      tests/bench/torch_gpu_{matmul,conv,adamw,adm}.py (PyTorch on the same GPU);
 #      tests/bench/gpu_metrics.lua (precision/recall at 50k x 50k x 2048, and the CPU at 10k)
 #   8. the op suite (--quick) under compute-sanitizer memcheck
 # and prints a pass/fail + timing table and the benchmark table LAST.
@@ -126,6 +126,8 @@ if [ ! -f /usr/include/stb/stb_image.h ] && [ ! -f /usr/include/stb_image.h ]; t
   unpack_deps
   CMAKE_EXTRA+=("-DSTB_INCLUDE=$DEPS/usr/include/stb")
 fi
+# readline's headers may be missing where its library is not
+[ -f /usr/include/readline/history.h ] || unpack_deps
 if ! any_exists $multi/libreadline.so; then
   if any_exists $multi/libreadline.so.8; then CMAKE_EXTRA+=("-DREADLINE_LIB=$multi/libreadline.so.8")
   else unpack_deps; CMAKE_EXTRA+=("-DREADLINE_LIB=$DEPS$multi/libreadline.so.8"); fi
@@ -145,6 +147,9 @@ if [ ! -f /usr/local/cuda/include/cudnn.h ] && [ ! -f /usr/include/cudnn.h ] && 
     echo "no cuDNN found: conv2d on CUDA will report AD_ENOTIMPL" | tee -a "$LOG"
   fi
 fi
+# headers of the unpacked packages after the system's (Debian's luaconf.h also includes
+# lua5.4-deb-multiarch.h from the multiarch dir, which pkg-config's sysroot does not name)
+[ -d "$DEPS/usr" ] && CMAKE_EXTRA+=("-DCMAKE_C_FLAGS=-idirafter $DEPS/usr/include/x86_64-linux-gnu -idirafter $DEPS/usr/include")
 [ -f /usr/include/dnnl.h ] || [ -f /usr/include/oneapi/dnnl/dnnl.h ] || CMAKE_EXTRA+=("-DADVDIFF_DNNL=OFF")
 
 FIXTURES=${ADVDIFF_FIXTURES:-}
@@ -190,6 +195,10 @@ if [ "$BUILT" = 1 ]; then
     bench "bench adamw 300M (advdiff)" 60 "$BENCH_OURS" "$AD" tests/bench/gpu_adamw.lua $QARG
     bench "bench adamw 300M (torch)" 60 "$BENCH_TORCH" python3 tests/bench/torch_gpu_adamw.py $QARG
     bench "bench allocator" 45 "$BENCH_OURS" "$AD" tests/bench/gpu_alloc.lua
+    # the torch side first: it writes the model FLOPs the advdiff side's MFU needs
+    export ADM_FLOPS_FILE=$OUTDIR/adm_flops.txt
+    bench "bench ADM-64 train + sampling (torch)" 150 "$BENCH_TORCH" python3 tests/bench/torch_gpu_adm.py $QARG
+    bench "bench ADM-64 train + sampling (advdiff)" 180 "$BENCH_OURS" "$AD" tests/bench/gpu_adm.lua $QARG
     step "bench precision/recall 50k (advdiff)" 90 "gpu metrics:" "$AD" tests/bench/gpu_metrics.lua $QARG
     grep -h '^BENCH' "$OUTDIR/last_step.txt" 2>/dev/null | cut -f2- >> "$BENCH_OURS"
   fi

@@ -170,3 +170,16 @@ test("bad arguments name the function and what was expected", function()
   raises("no CUDA device", function() return ad.zeros(2, {device = "cuda"}) end)
   raises("unknown device 'tpu'", function() return ad.zeros(2):to({device = "tpu"}) end)
 end)
+
+test("tensors dropped in a loop are collected under memory pressure, not only when Lua's heap grows", function()
+  collectgarbage()
+  local base = ad.memory().cpu
+  local peak = 0
+  for _ = 1, 40 do
+    local x = ad.empty(16 * 1024 * 1024)   -- 64 MiB, garbage at the next iteration
+    x:fill_(1)
+    peak = math.max(peak, ad.memory().cpu - base)
+  end
+  -- 40 x 64 MiB = 2.5 GiB if nothing were collected; the bound is half the live memory + 256 MiB
+  assert(peak <= (base // 2) + 400 * 2 ^ 20, string.format("%.0f MiB of dropped tensors were alive at once", peak / 2 ^ 20))
+end)
