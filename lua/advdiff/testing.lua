@@ -122,6 +122,17 @@ function M.check_flat(t, want, atol, rtol, msg)
 end
 
 --- The whole contents of a file (a missing file is an error naming it).
+--- The golden fixtures' folder: $ADVDIFF_FIXTURES (ctest and tests/gpu/run.sh set it), else
+-- ../shared/fixtures beside the checkout this file is in.
+function M.fixtures_dir()
+  local env = os.getenv("ADVDIFF_FIXTURES")
+  if env and env ~= "" then return env end
+  local src = debug.getinfo(1, "S").source:gsub("^@", "")
+  local root = src:match("^(.-)/?lua/advdiff/[^/]+$")
+  if root == nil or root == "" then root = "." end
+  return root .. "/../shared/fixtures"
+end
+
 function M.read_file(path)
   local f = assert(io.open(path, "rb"), "missing file " .. path)
   local s = f:read("a")

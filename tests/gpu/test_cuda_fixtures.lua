@@ -16,14 +16,7 @@ if not SELFTEST and not ad.cuda.is_available() then
   os.exit(77)
 end
 
-local function fixtures_dir()
-  local env = os.getenv("ADVDIFF_FIXTURES")
-  if env and env ~= "" then return env end
-  local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local root = src:match("^(.-)/?tests/gpu/[^/]+$")
-  if root == nil or root == "" then root = "." end
-  return root .. "/../shared/fixtures"
-end
+local fixtures_dir = require("advdiff.testing").fixtures_dir
 local FIX = fixtures_dir()
 
 local n_pass, n_fail = 0, 0

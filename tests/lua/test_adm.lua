@@ -7,13 +7,7 @@ local ad = require "advdiff"
 local T = require "advdiff.testing"
 local adm = require "advdiff.models.adm"
 
-local function fixtures_dir()
-  local env = os.getenv("ADVDIFF_FIXTURES")
-  if env and env ~= "" then return env end
-  local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local repo = src:match("^(.*)/tests/lua/[^/]*$") or "."
-  return repo .. "/../shared/fixtures"
-end
+local fixtures_dir = T.fixtures_dir
 local FIX = fixtures_dir()
 -- fixture files are read once (the model runs are what this file spends its time on)
 local cache = {}

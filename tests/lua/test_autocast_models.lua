@@ -42,14 +42,7 @@ local function need_device()
 end
 local function dev(t) return DEV == "cpu" and t or t:to(DEV) end
 
-local function fixtures_dir()
-  local env = os.getenv("ADVDIFF_FIXTURES")
-  if env and env ~= "" then return env end
-  local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local root = src:match("^(.-)/?tests/lua/[^/]+$")
-  if root == nil or root == "" then root = "." end
-  return root .. "/../shared/fixtures"
-end
+local fixtures_dir = T.fixtures_dir
 local FIX = fixtures_dir()
 local function npy(dir, name) return ad.load(FIX .. "/" .. dir .. "/" .. name) end
 

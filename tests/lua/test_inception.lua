@@ -3,14 +3,7 @@
 -- fixtures/inception_fid (written by pytorch-fid, float16 weights upcast).
 local ad = require "advdiff"
 
-local function fixtures_dir()
-  local env = os.getenv("ADVDIFF_FIXTURES")
-  if env and env ~= "" then return env end
-  local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local root = src:match("^(.-)/?tests/lua/[^/]+$")
-  if root == nil or root == "" then root = "." end
-  return root .. "/../shared/fixtures"
-end
+local fixtures_dir = require("advdiff.testing").fixtures_dir
 local FIX = fixtures_dir() .. "/inception_fid/"
 
 local T = require "advdiff.testing"

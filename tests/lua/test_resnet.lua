@@ -5,14 +5,7 @@ local ad = require "advdiff"
 local nn = require "advdiff.nn"
 local T = require "advdiff.testing"
 
-local function fixtures_dir()
-  local env = os.getenv("ADVDIFF_FIXTURES")
-  if env and env ~= "" then return env end
-  local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local root = src:match("^(.-)/?tests/lua/[^/]+$")
-  if root == nil or root == "" then root = "." end
-  return root .. "/../shared/fixtures"
-end
+local fixtures_dir = T.fixtures_dir
 local FIX = fixtures_dir() .. "/resnet18/"
 
 local function expect_error(fn, pattern)
