@@ -13,6 +13,7 @@
  * kernels of kernels/cuda/conv.cu. */
 #ifdef AD_HAVE_CUDNN
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include "cuda_internal.h"
 #include "../backend_conv.h"
@@ -176,6 +177,11 @@ static bool benchmark_mode(void) {
   return !(s && strcmp(s, "0") == 0);
 }
 
+static bool log_mode(void) {
+  const char *s = getenv("ADVDIFF_CUDNN_LOG");
+  return s && strcmp(s, "0") != 0 && *s;
+}
+
 /* the largest workspace the search can have, from FIND_WORKSPACE down */
 static void *find_workspace(size_t *size, int dev) {
   for (size_t n = FIND_WORKSPACE; n >= ((size_t)16 << 20); n /= 2) {
@@ -254,6 +260,15 @@ static ad_status choose(conv_entry *e, int dir, cudnnHandle_t h, const void *x, 
   }
   if (ws) ad_cuda_free(ws, wss, e->key.dev);
   if (st != AD_OK) return st;
+  if (ca->found && log_mode()) {
+    /* ADVDIFF_CUDNN_LOG=1: one line per (shape, direction), to compare with PyTorch's choices */
+    const conv_key *k = &e->key;
+    fprintf(stderr, "cudnn conv %s %s N%lld C%lld %lldx%lld -> O%lld k%lldx%lld s%d p%d: algo %d, math %d, "
+            "workspace %zu B (%s)\n", dir == 0 ? "fwd" : dir == 1 ? "bwd-data" : "bwd-filter",
+            ad_dtype_name((ad_dtype)dt), (long long)k->N, (long long)k->C, (long long)k->H, (long long)k->W,
+            (long long)k->O, (long long)k->kh, (long long)k->kw, k->stride[0], k->padding[0], ca->algo,
+            (int)ca->math, ca->ws, bench ? "measured" : "heuristic");
+  }
   if (!ca->found)
     return AD_FAIL(AD_ENOTIMPL, "conv2d: cuDNN has no %s algorithm for this shape and dtype (%s)",
                    dir == 0 ? "forward" : dir == 1 ? "backward-data" : "backward-filter", ad_dtype_name((ad_dtype)dt));
