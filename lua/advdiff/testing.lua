@@ -133,6 +133,27 @@ function M.fixtures_dir()
   return root .. "/../shared/fixtures"
 end
 
+--- Temporary files for a test file: tmp(suffix) returns a fresh path ending in suffix,
+-- track(path) adds a path made otherwise, cleanup() removes them all (os.remove: files and
+-- empty folders).
+function M.tmpfiles()
+  local base = os.tmpname()
+  os.remove(base)
+  local created = {}
+  local function track(path) created[#created + 1] = path; return path end
+  local function tmp(suffix) return track(base .. "_" .. #created .. (suffix or "")) end
+  local function cleanup() for _, q in ipairs(created) do os.remove(q) end end
+  return tmp, cleanup, track, base
+end
+
+--- Writes s to path (binary) and returns path.
+function M.write_file(path, s)
+  local f = assert(io.open(path, "wb"), "cannot write " .. path)
+  f:write(s)
+  f:close()
+  return path
+end
+
 function M.read_file(path)
   local f = assert(io.open(path, "rb"), "missing file " .. path)
   local s = f:read("a")

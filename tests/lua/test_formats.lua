@@ -16,26 +16,9 @@ local ad = require "advdiff"
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local FIX = os.getenv("ADVDIFF_FIXTURES") or (here .. "/../../../shared/fixtures")
 
-local TMP = os.tmpname()
-os.remove(TMP)
-local created = {}
-local function tmp(suffix)
-  local p = TMP .. "_" .. #created .. suffix
-  created[#created + 1] = p
-  return p
-end
-local function readfile(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-local function writefile(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-  return p
-end
+local T = require "advdiff.testing"
+local tmp, cleanup_tmp, track_tmp, TMP = T.tmpfiles()
+local readfile, writefile = T.read_file, T.write_file
 local function exists(p)
   local f = io.open(p, "rb")
   if f then f:close() return true end
@@ -981,7 +964,7 @@ test("PyTorch and NumPy read what we write, and we read what they write", functi
   ad.save(ny, base:transpose(1, 2))
   ad.save(wo, { w = base, b = ad.zeros(3, { dtype = "i64" }), n = 3 })
   local dir = TMP .. "_py"
-  created[#created + 1] = dir
+  track_tmp(dir)
   local out = python(([[
 import os, sys
 try:
@@ -1064,6 +1047,6 @@ print("OK", repr(float(m.state_dict()["0.weight"].double().sum())), repr(float(o
 end)
 
 test("cleanup", function()
-  for _, p in ipairs(created) do os.remove(p) end
+  cleanup_tmp()
   os.remove(MARKER)
 end)

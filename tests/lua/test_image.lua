@@ -3,31 +3,10 @@
 local ad = require "advdiff"
 local image = ad.image
 
-local TMP = os.tmpname()
-os.remove(TMP)
-local created = {}
-local function tmp(suffix)
-  local p = TMP .. "_" .. #created .. suffix
-  created[#created + 1] = p
-  return p
-end
-local function readfile(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-local function writefile(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-  return p
-end
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error containing '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local T = require "advdiff.testing"
+local tmp, cleanup_tmp, _, TMP = T.tmpfiles()
+local readfile, writefile = T.read_file, T.write_file
+local raises = T.raises
 local function shape_is(x, s)
   local got = x:shape()
   assert(#got == #s, ("ndim %d vs %d"):format(#got, #s))
@@ -289,5 +268,5 @@ test("hostile image files give errors, never crashes", function()
 end)
 
 test("cleanup", function()
-  for _, p in ipairs(created) do os.remove(p) end
+  cleanup_tmp()
 end)
