@@ -33,21 +33,22 @@ end
 
 local function gen_opts(opts) return { generator = opts and opts.generator } end
 
+-- The fills are the core's in-place uniform_/normal_ (the same Philox draws as rand_like and
+-- randn_like, scaled in one rounding): a 296M-parameter ADM is initialised without the three
+-- weight-sized temporaries per tensor that rand_like * (b - a) + a made, which stayed in the
+-- CPU block cache (a 64x64 checkpoint load peaked at 3.25 GB RSS against PyTorch's 1.37).
+
 --- U(a, b) in place.
 function init.uniform_(t, a, b, opts)
   a, b = a or 0, b or 1
-  core.no_grad(function()
-    t:copy_(core.rand_like(t, gen_opts(opts)) * (b - a) + a)
-  end)
+  core.no_grad(function() t:uniform_(a, b, gen_opts(opts)) end)
   return t
 end
 
 --- N(mean, std) in place.
 function init.normal_(t, mean, std, opts)
   mean, std = mean or 0, std or 1
-  core.no_grad(function()
-    t:copy_(core.randn_like(t, gen_opts(opts)) * std + mean)
-  end)
+  core.no_grad(function() t:normal_(mean, std, gen_opts(opts)) end)
   return t
 end
 
