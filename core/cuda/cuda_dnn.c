@@ -13,6 +13,7 @@
  * kernels of kernels/cuda/conv.cu. */
 #ifdef AD_HAVE_CUDNN
 #include <stdlib.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include "cuda_internal.h"
@@ -192,6 +193,17 @@ static void *find_workspace(size_t *size, int dev) {
   return NULL;
 }
 
+/* Takes one search result (the three directions' perf structs share these
+ * fields) when it ran, its math is allowed and its workspace fits. */
+static void accept(conv_algo *ca, int dt, int tf32, size_t max_ws, cudnnStatus_t status, int algo, size_t memory,
+                   cudnnMathType_t math) {
+  if (status != CUDNN_STATUS_SUCCESS || !math_allowed(dt, tf32, math) || memory > max_ws) return;
+  ca->found = true;
+  ca->algo = algo;
+  ca->ws = memory;
+  ca->math = run_math(dt, tf32, math);
+}
+
 /* Chooses the algorithm of direction dir (0 fwd, 1 bwd data, 2 bwd filter) on
  * the given buffers. Called with the entry's lock held. */
 static ad_status choose(conv_entry *e, int dir, cudnnHandle_t h, const void *x, const void *w, const void *y,
@@ -213,13 +225,7 @@ static ad_status choose(conv_entry *e, int dir, cudnnHandle_t h, const void *x, 
                                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf),
                                 "cudnnGetConvolutionForwardAlgorithm_v7");
     for (int i = 0; st == AD_OK && i < n && !ca->found; i++)
-      if (perf[i].status == CUDNN_STATUS_SUCCESS && math_allowed(dt, tf32, perf[i].mathType) &&
-          (!bench || perf[i].memory <= wss)) {
-        ca->found = true;
-        ca->algo = (int)perf[i].algo;
-        ca->ws = perf[i].memory;
-        ca->math = run_math(dt, tf32, perf[i].mathType);
-      }
+      accept(ca, dt, tf32, bench ? wss : SIZE_MAX, perf[i].status, (int)perf[i].algo, perf[i].memory, perf[i].mathType);
   } else if (dir == 1) {
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     st = bench ? ad_cudnn_check(cudnnFindConvolutionBackwardDataAlgorithmEx(h, e->w, w, e->y, y, e->conv[1], e->x,
@@ -231,13 +237,7 @@ static ad_status choose(conv_entry *e, int dir, cudnnHandle_t h, const void *x, 
                                                                             perf),
                                 "cudnnGetConvolutionBackwardDataAlgorithm_v7");
     for (int i = 0; st == AD_OK && i < n && !ca->found; i++)
-      if (perf[i].status == CUDNN_STATUS_SUCCESS && math_allowed(dt, tf32, perf[i].mathType) &&
-          (!bench || perf[i].memory <= wss)) {
-        ca->found = true;
-        ca->algo = (int)perf[i].algo;
-        ca->ws = perf[i].memory;
-        ca->math = run_math(dt, tf32, perf[i].mathType);
-      }
+      accept(ca, dt, tf32, bench ? wss : SIZE_MAX, perf[i].status, (int)perf[i].algo, perf[i].memory, perf[i].mathType);
   } else {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     st = bench ? ad_cudnn_check(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, e->x, x, e->y, y, e->conv[2], e->w,
@@ -250,13 +250,7 @@ static ad_status choose(conv_entry *e, int dir, cudnnHandle_t h, const void *x, 
                                                                               &n, perf),
                                 "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
     for (int i = 0; st == AD_OK && i < n && !ca->found; i++)
-      if (perf[i].status == CUDNN_STATUS_SUCCESS && math_allowed(dt, tf32, perf[i].mathType) &&
-          (!bench || perf[i].memory <= wss)) {
-        ca->found = true;
-        ca->algo = (int)perf[i].algo;
-        ca->ws = perf[i].memory;
-        ca->math = run_math(dt, tf32, perf[i].mathType);
-      }
+      accept(ca, dt, tf32, bench ? wss : SIZE_MAX, perf[i].status, (int)perf[i].algo, perf[i].memory, perf[i].mathType);
   }
   if (ws) ad_cuda_free(ws, wss, e->key.dev);
   if (st != AD_OK) return st;
