@@ -91,6 +91,16 @@ static int l_cuda_synchronize(lua_State *L) {
   return 0;
 }
 
+/* profiler(true|false): brackets a region for an external profiler */
+static int l_cuda_profiler(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TBOOLEAN);
+  need_device(L, "cuda.profiler");
+#ifdef AD_HAVE_CUDA
+  if (ad_cuda_profiler(lua_toboolean(L, 1)) != AD_OK) return l_error(L);
+#endif
+  return 0;
+}
+
 static int l_cuda_memory_stats(lua_State *L) {
   need_device(L, "cuda.memory_stats");
 #ifdef AD_HAVE_CUDA
@@ -236,6 +246,7 @@ static const luaL_Reg cuda_fns[] = {
   {"_cuda_built", l_cuda_built},
   {"_cuda_unavailable_reason", l_cuda_unavailable_reason},
   {"_cuda_synchronize", l_cuda_synchronize},
+  {"_cuda_profiler", l_cuda_profiler},
   {"_cuda_memory_stats", l_cuda_memory_stats},
   {"_cuda_reset_peak_memory_stats", l_cuda_reset_peak},
   {"_cuda_empty_cache", l_cuda_empty_cache},

@@ -24,6 +24,8 @@ ad_status ad_cuda_device_name(int device, char *buf, size_t n);
 
 /* Waits for all queued work on device (device < 0: every initialised device). */
 ad_status ad_cuda_synchronize(int device);
+/* start: synchronizes, then cudaProfilerStart; else synchronizes, then cudaProfilerStop */
+ad_status ad_cuda_profiler(bool start);
 
 typedef struct {
   int64_t allocated;        /* bytes in blocks handed out (rounded sizes) */

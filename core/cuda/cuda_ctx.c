@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cuda_profiler_api.h>
 #include "cuda_internal.h"
 
 static ad_cuda_dev devices[AD_CUDA_MAX_DEVICES];
@@ -240,6 +241,14 @@ ad_status ad_cuda_synchronize(int device) {
       AD_TRY(ad_cuda_check(cudaStreamSynchronize(devices[i].stream), "synchronize"));
     }
   return AD_OK;
+}
+
+/* Brackets a region for an external profiler (Nsight's --capture-range=cudaProfilerApi,
+ * tests/gpu/kprof.cpp): everything queued is waited for first, so the region
+ * holds only the work launched inside it. */
+ad_status ad_cuda_profiler(bool start) {
+  AD_TRY(ad_cuda_synchronize(-1));
+  return ad_cuda_check(start ? cudaProfilerStart() : cudaProfilerStop(), start ? "cudaProfilerStart" : "cudaProfilerStop");
 }
 
 ad_status ad_cuda_device_name(int device, char *buf, size_t n) {

@@ -4,6 +4,9 @@
 --   ad.cuda.device_count()        number of GPUs (0 without a driver or GPU)
 --   ad.cuda.unavailable_reason()  why is_available() is false ("" when it is true)
 --   ad.cuda.synchronize([dev])    waits for the queued work (dev: 0-based ordinal or "cuda:N"; all by default)
+--   ad.cuda.profiler_start(), ad.cuda.profiler_stop()
+--                                 synchronize, then bracket a region for an external profiler
+--                                 (tests/gpu/kprof.sh; nsys --capture-range=cudaProfilerApi)
 --   ad.cuda.memory_stats([dev])   {allocated=, reserved=, peak=, peak_reserved=, num_cuda_malloc=, ...} in bytes
 --   ad.cuda.memory_allocated([dev]), ad.cuda.memory_reserved([dev]), ad.cuda.max_memory_allocated([dev])
 --   ad.cuda.reset_peak_memory_stats([dev])
@@ -21,6 +24,8 @@ function M.device_count() return core._cuda_device_count() end
 function M.is_built() return core._cuda_built() end
 function M.unavailable_reason() return core._cuda_unavailable_reason() end
 function M.synchronize(dev) return core._cuda_synchronize(dev) end
+function M.profiler_start() return core._cuda_profiler(true) end
+function M.profiler_stop() return core._cuda_profiler(false) end
 function M.memory_stats(dev) return core._cuda_memory_stats(dev) end
 function M.memory_allocated(dev) return core._cuda_memory_stats(dev).allocated end
 function M.memory_reserved(dev) return core._cuda_memory_stats(dev).reserved end

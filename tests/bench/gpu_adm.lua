@@ -7,6 +7,10 @@
 -- $ADM_FLOPS_FILE with its own measured bf16 rate; run it first, as tests/gpu/run.sh does); the
 -- MFU's peak is the larger of the two rates; without the file MFU is not printed.
 --   advdiff tests/bench/gpu_adm.lua [--quick]
+-- Environment: ADM_TRAIN_MODES ("f32,bf16"), ADM_SAMPLE (1: both models; 0: no
+-- sampling; or a list, "imagenet64"), ADM_SAMPLE_MODES ("f32,bf16"),
+-- ADM_PROFILE_STEPS (0; N > 0 runs N more steps of each mode between
+-- ad.cuda.profiler_start/stop, for tests/gpu/kprof.sh).
 local ad = require "advdiff"
 package.path = debug.getinfo(1, "S").source:gsub("^@", ""):gsub("[^/]*$", "") .. "?.lua;" .. package.path
 local B = require "gpu_common"
@@ -18,6 +22,17 @@ print("gpu_adm on " .. B.device_line())
 local BATCH = tonumber(os.getenv("BATCH") or "") or (B.SELFTEST and 2 or 32)
 local SBATCH = tonumber(os.getenv("SAMPLE_BATCH") or "") or (B.SELFTEST and 1 or 16)
 local STEPS = B.SELFTEST and 2 or 50
+local MODES = {}
+for m in (os.getenv("ADM_TRAIN_MODES") or "f32,bf16"):gmatch("[^,%s]+") do MODES[#MODES + 1] = m end
+local function list(s)
+  local t = {}
+  for m in s:gmatch("[^,%s]+") do t[#t + 1] = m end
+  return t
+end
+local SAMPLE = os.getenv("ADM_SAMPLE") or "1"
+SAMPLE = SAMPLE == "0" and {} or SAMPLE == "1" and { "tiny", "imagenet64" } or list(SAMPLE)
+local SAMPLE_MODES = list(os.getenv("ADM_SAMPLE_MODES") or "f32,bf16")
+local PROFILE_STEPS = B.SELFTEST and 0 or tonumber(os.getenv("ADM_PROFILE_STEPS") or "") or 0
 
 local function read_flops()
   local f = os.getenv("ADM_FLOPS_FILE") and io.open(os.getenv("ADM_FLOPS_FILE"), "r")
@@ -68,7 +83,7 @@ G:train()
 -- one denominator for both MFUs: the larger of the two measured bf16 matmul rates
 local flops, torch_peak = read_flops()
 if peak and torch_peak and torch_peak > peak then peak = torch_peak end
-for _, mode in ipairs { "f32", "bf16" } do
+for _, mode in ipairs(MODES) do
   local function step()
     opt:zero_grad()
     local out
@@ -91,12 +106,19 @@ for _, mode in ipairs { "f32", "bf16" } do
     B.emit(string.format("ADM64 train %s MFU", mode), 100 * mfu, "%")
   end
   print(line)
+  if PROFILE_STEPS > 0 then
+    print(string.format("  profiler window: ADM-64 train step %s batch %d, %d steps", mode, BATCH, PROFILE_STEPS))
+    io.stdout:flush()
+    ad.cuda.profiler_start()
+    for _ = 1, PROFILE_STEPS do step() end
+    ad.cuda.profiler_stop()
+  end
 end
 G, opt = nil, nil
 collectgarbage()
 
 -- sampling: 50 respaced steps, ancestral (p_sample), learned sigma, under bf16 autocast and f32
-for _, name in ipairs { "tiny", "imagenet64" } do
+for _, name in ipairs(SAMPLE) do
   local m, oc = model(name)
   m:eval()
   local d = ad.diffusion.create { steps = 1000, noise_schedule = "cosine", learn_sigma = true,
@@ -104,7 +126,7 @@ for _, name in ipairs { "tiny", "imagenet64" } do
   local s = B.SELFTEST and oc.image_size or config(name).image_size
   local yl = ad.randint(0, 1000, { SBATCH }, { device = B.DEV, generator = ad.Generator(5) })
   local xT = ad.randn({ SBATCH, 3, s, s }, { device = B.DEV, generator = ad.Generator(6) })
-  for _, mode in ipairs { "f32", "bf16" } do
+  for _, mode in ipairs(SAMPLE_MODES) do
     local function loop()
       return ad.no_grad(function()
         local function run() return d:p_sample_loop(m, { SBATCH, 3, s, s }, { noise = xT, model_kwargs = { y = yl }, progress = false }) end

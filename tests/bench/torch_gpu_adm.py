@@ -9,6 +9,7 @@ FLOPs per image (torch.utils.flop_counter on one forward) and writes them to
 $ADM_FLOPS_FILE for gpu_adm.lua's MFU; its own MFU uses the bf16 matmul rate
 it measures (8192^3).
   python3 tests/bench/torch_gpu_adm.py [--quick]
+Environment as gpu_adm.lua's: ADM_TRAIN_MODES, ADM_SAMPLE, ADM_SAMPLE_MODES, ADM_PROFILE_STEPS.
 """
 import os
 import sys
@@ -24,6 +25,12 @@ QUICK = "--quick" in sys.argv
 BATCH = int(os.environ.get("BATCH", "32"))
 SBATCH = int(os.environ.get("SAMPLE_BATCH", "16"))
 STEPS = 50
+MODES = [m for m in os.environ.get("ADM_TRAIN_MODES", "f32,bf16").replace(" ", "").split(",") if m]
+SAMPLE = os.environ.get("ADM_SAMPLE", "1")
+SAMPLE = () if SAMPLE == "0" else ("tiny", "imagenet64") if SAMPLE == "1" else tuple(
+    m for m in SAMPLE.replace(" ", "").split(",") if m)
+SAMPLE_MODES = [m for m in os.environ.get("ADM_SAMPLE_MODES", "f32,bf16").replace(" ", "").split(",") if m]
+PROFILE_STEPS = int(os.environ.get("ADM_PROFILE_STEPS", "0"))
 dev = "cuda"
 torch.backends.cuda.matmul.allow_tf32 = False     # f32 means f32, as advdiff's default
 torch.backends.cudnn.allow_tf32 = False
@@ -76,7 +83,7 @@ t = torch.randint(0, 1000, (BATCH,), device=dev, generator=g)
 y = torch.randint(0, 1000, (BATCH,), device=dev, generator=g)
 opt = torch.optim.AdamW(G.parameters(), lr=1e-4, weight_decay=0, fused=True)
 G.train()
-for mode in ("f32", "bf16"):
+for mode in MODES:
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(mode == "bf16")):
@@ -96,6 +103,14 @@ for mode in ("f32", "bf16"):
         line += ", MFU %.1f%%" % (100 * mfu)
         emit("ADM64 train %s MFU" % mode, 100 * mfu, "%")
     print(line, flush=True)
+    if PROFILE_STEPS > 0:
+        print("  profiler window: ADM-64 train step %s batch %d, %d steps" % (mode, BATCH, PROFILE_STEPS), flush=True)
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStart()
+        for _ in range(PROFILE_STEPS):
+            step()
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
 del G, opt
 torch.cuda.empty_cache()
 
@@ -125,7 +140,7 @@ class Sampler(torch_adm.Sampler):
 
 
 s = Sampler(STEPS)
-for name in ("tiny", "imagenet64"):
+for name in SAMPLE:
     cfg = dict(torch_adm.CONFIGS[name])
     if name == "tiny":
         cfg["num_classes"] = 1000
@@ -136,7 +151,7 @@ for name in ("tiny", "imagenet64"):
     sz = cfg["image_size"]
     yl = torch.randint(0, 10, (SBATCH,), device=dev)
     xT = torch.randn(SBATCH, 3, sz, sz, device=dev)
-    for mode in ("f32", "bf16"):
+    for mode in SAMPLE_MODES:
         def loop():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(mode == "bf16")):
                 return s.loop(m, xT, yl)

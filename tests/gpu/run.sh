@@ -21,7 +21,9 @@
 # the fixtures into the checkout (.gpu-fixtures). Then, with the device tool:
 #   run(command="bash tests/gpu/run.sh", carry=[".gpu-deps", ".gpu-fixtures"], timeout_s=600)
 # Environment: OUT (where logs go; the device tool sets it), BUDGET (seconds, 540),
-# QUICK=1 (smaller benchmarks), BENCH=0, SANITIZER=0 (skip those parts).
+# QUICK=1 (smaller benchmarks), BENCH=0, SANITIZER=0 (skip those parts), PROFILE=1
+# (per-kernel profile of the ADM-64 bf16 step, advdiff and PyTorch; see below),
+# ADM_FOCUS=1 (only the bf16 ADM-64 training and sampling figures, both sides).
 # Every step has a time limit cut to what the budget has left, so the summary
 # always comes out; the full output of every step is in $OUT/gpu_run.log.
 set -u
@@ -201,6 +203,43 @@ if [ "$BUILT" = 1 ]; then
     bench "bench ADM-64 train + sampling (advdiff)" 180 "$BENCH_OURS" "$AD" tests/bench/gpu_adm.lua $QARG
     step "bench precision/recall 50k (advdiff)" 90 "gpu metrics:" "$AD" tests/bench/gpu_metrics.lua $QARG
     grep -h '^BENCH' "$OUTDIR/last_step.txt" 2>/dev/null | cut -f2- >> "$BENCH_OURS"
+  fi
+
+  # ------------------------------------------------------------ ADM focus (ADM_FOCUS=1)
+  # Only the issue-5 figures, for a short lease: the bf16 training step and bf16
+  # ADM-64 sampling, PyTorch first, each timed the full (not --quick) number of times.
+  if [ "${ADM_FOCUS:-0}" != 0 ]; then
+    FENV=(ADM_TRAIN_MODES=bf16 ADM_SAMPLE=imagenet64 ADM_SAMPLE_MODES=bf16)
+    step "ADM-64 bf16 train + sampling (torch)" 120 "ADM-64 train" env "${FENV[@]}" python3 tests/bench/torch_gpu_adm.py
+    step "ADM-64 bf16 train + sampling (advdiff)" 120 "ADM-64 train" env "${FENV[@]}" "$AD" tests/bench/gpu_adm.lua
+  fi
+
+  # ------------------------------------------------------------ profile (PROFILE=1)
+  # Per-kernel GPU time of two bf16 ADM-64 training steps, advdiff beside PyTorch
+  # (tests/gpu/kprof.cpp through CUDA_INJECTION64_PATH; the window is the scripts'
+  # profiler_start/stop), the cuDNN algorithms advdiff chose, and the same step
+  # timed with the defaults switched one at a time (half attention computed in
+  # f32; cuDNN's search instead of its heuristics for bf16), to see what each
+  # default is worth.
+  if [ "${PROFILE:-0}" != 0 ]; then
+    KP=$(bash tests/gpu/kprof.sh /tmp/advdiff-kprof 2>>"$LOG" | tail -1)
+    PENV=(ADM_TRAIN_MODES=bf16 ADM_SAMPLE=0)
+    if [ -f "$KP" ]; then
+      step "kprof ADM-64 bf16 step (torch)" 120 "ADM-64 train" env "${PENV[@]}" ADM_PROFILE_STEPS=2 \
+        CUDA_INJECTION64_PATH="$KP" KPROF_OUT="$OUTDIR/kprof_torch.tsv" python3 tests/bench/torch_gpu_adm.py --quick
+      cp "$OUTDIR/last_step.txt" "$OUTDIR/prof_torch.txt" 2>/dev/null
+      step "kprof ADM-64 bf16 step (advdiff)" 150 "ADM-64 train" env "${PENV[@]}" ADM_PROFILE_STEPS=2 \
+        ADVDIFF_CUDNN_LOG=1 CUDA_INJECTION64_PATH="$KP" KPROF_OUT="$OUTDIR/kprof_ours.tsv" "$AD" tests/bench/gpu_adm.lua --quick
+      cp "$OUTDIR/last_step.txt" "$OUTDIR/prof_ours.txt" 2>/dev/null
+    else
+      NAMES+=("kprof"); STATUS+=("SKIP"); SECS+=(0); NOTES+=("tests/gpu/kprof.sh could not build the profiler")
+    fi
+    step "ADM-64 bf16 step, defaults (again)" 120 "ADM-64 train" env "${PENV[@]}" "$AD" tests/bench/gpu_adm.lua --quick
+    step "ADM-64 bf16 step, attention in f32" 120 "ADM-64 train" env "${PENV[@]}" ADVDIFF_ATTN_HALF=0 \
+      "$AD" tests/bench/gpu_adm.lua --quick
+    step "ADM-64 bf16 step, cuDNN search" 120 "ADM-64 train" env "${PENV[@]}" ADVDIFF_CUDNN_BENCHMARK=1 \
+      "$AD" tests/bench/gpu_adm.lua --quick
+    step "ADM-64 bf16 step (torch, again)" 120 "ADM-64 train" env "${PENV[@]}" python3 tests/bench/torch_gpu_adm.py --quick
   fi
 
   # ------------------------------------------------------------ memcheck
