@@ -70,6 +70,10 @@ struct ad_nn_kernels {
                              const ad_tensor *dout, const ad_tensor *q, const ad_tensor *k,
                              const ad_tensor *v, const ad_tensor *mask, const ad_tensor *lse,
                              double scale, bool is_causal);
+  /* true: attention_fwd/bwd also take f16/bf16 q, k, v, with lse and a float
+   * mask in f32 (the scores are computed in f32); false: the front end runs
+   * half attention in f32 */
+  bool attention_half;
 
   /* ---- embedding: weight (V, D) contiguous any dtype, indices (n) contiguous i64/i32,
    * out (n, D). Fails with AD_EINVAL naming the first out-of-range index. ---- */

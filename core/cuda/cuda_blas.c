@@ -176,9 +176,13 @@ static ad_status lt_gemm(bool *done, ad_cuda_dev *d, cudaDataType dt, cublasComp
 
 /* ---- the row-major helper ------------------------------------------------------------ */
 
-ad_status ad_cuda_gemm_rm(ad_cuda_dev *d, ad_dtype dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                          double alpha, const void *A, int64_t lda, int64_t sa, const void *B, int64_t ldb,
-                          int64_t sb, double beta, void *C, int64_t ldc, int64_t sc, int64_t batch) {
+ad_status ad_cuda_gemm_rm_ex(ad_cuda_dev *d, ad_dtype dtype, ad_dtype cdtype, bool ta, bool tb, int64_t m,
+                             int64_t n, int64_t k, double alpha, const void *A, int64_t lda, int64_t sa, const void *B,
+                             int64_t ldb, int64_t sb, double beta, void *C, int64_t ldc, int64_t sc, int64_t batch) {
+  const bool mixed = cdtype != dtype;
+  if (mixed && !((dtype == AD_F16 || dtype == AD_BF16) && cdtype == AD_F32))
+    return AD_FAIL(AD_EDTYPE, "gemm: %s operands give %s or f32, not %s", ad_dtype_name(dtype), ad_dtype_name(dtype),
+                   ad_dtype_name(cdtype));
   if (m <= 0 || n <= 0 || batch <= 0) return AD_OK;
   if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX || ldc > INT32_MAX)
     return AD_FAIL(AD_ESHAPE, "gemm: dimension too large for cuBLAS (%lld x %lld x %lld)", (long long)m, (long long)n,
@@ -191,7 +195,7 @@ ad_status ad_cuda_gemm_rm(ad_cuda_dev *d, ad_dtype dtype, bool ta, bool tb, int6
   if (k == 0) {
     adk_ctx kc;
     AD_TRY(ad_cuda_kctx(&kc, NULL, d->index));
-    return ad_cuda_check(ad_launch_scale_matrix(&kc, C, dtype, batch, sc, m, n, ldc, beta), "gemm (k = 0)");
+    return ad_cuda_check(ad_launch_scale_matrix(&kc, C, cdtype, batch, sc, m, n, ldc, beta), "gemm (k = 0)");
   }
   cudaDataType dt = CUDA_R_32F, st = CUDA_R_32F;
   cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
@@ -199,10 +203,11 @@ ad_status ad_cuda_gemm_rm(ad_cuda_dev *d, ad_dtype dtype, bool ta, bool tb, int6
   float af = (float)alpha, bf = (float)beta;
   const void *pa = st == CUDA_R_64F ? (const void *)&alpha : (const void *)&af;
   const void *pb = st == CUDA_R_64F ? (const void *)&beta : (const void *)&bf;
-  const size_t es = ad_dtype_size(dtype);
+  const size_t es = ad_dtype_size(dtype), ces = ad_dtype_size(cdtype);
+  const cudaDataType cdt = mixed ? CUDA_R_32F : dt;
   /* column-major: C^T (n x m) = op(B)^T (n x k) op(A)^T (k x m) */
   if ((dtype == AD_F16 || dtype == AD_BF16 || ct == CUBLAS_COMPUTE_32F_FAST_TF32) && ad_cuda_blas_use_lt() &&
-      batch == 1) {
+      batch == 1 && !mixed) {
     bool done = false;
     AD_TRY(lt_gemm(&done, d, dt, ct, st, tb, ta, n, m, k, pa, B, ldb, sb, A, lda, sa, pb, C, ldc, sc, batch));
     if (done) return AD_OK;
@@ -215,11 +220,17 @@ ad_status ad_cuda_gemm_rm(ad_cuda_dev *d, ad_dtype dtype, bool ta, bool tb, int6
     int64_t nb = batch - b0 < 65535 ? batch - b0 : 65535;
     cublasStatus_t s = cublasGemmStridedBatchedEx(
         h, opb, opa, (int)n, (int)m, (int)k, pa, (const char *)B + b0 * sb * (int64_t)es, dt, (int)ldb, sb,
-        (const char *)A + b0 * sa * (int64_t)es, dt, (int)lda, sa, pb, (char *)C + b0 * sc * (int64_t)es, dt,
+        (const char *)A + b0 * sa * (int64_t)es, dt, (int)lda, sa, pb, (char *)C + b0 * sc * (int64_t)ces, cdt,
         (int)ldc, sc, (int)nb, ct, CUBLAS_GEMM_DEFAULT);
     AD_TRY(ad_cublas_check(s, "cublasGemmStridedBatchedEx"));
   }
   return AD_OK;
+}
+
+ad_status ad_cuda_gemm_rm(ad_cuda_dev *d, ad_dtype dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                          double alpha, const void *A, int64_t lda, int64_t sa, const void *B, int64_t ldb,
+                          int64_t sb, double beta, void *C, int64_t ldc, int64_t sc, int64_t batch) {
+  return ad_cuda_gemm_rm_ex(d, dtype, dtype, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
 }
 
 /* ---- the table entry ---------------------------------------------------------------- */

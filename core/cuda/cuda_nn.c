@@ -267,6 +267,7 @@ const struct ad_nn_kernels ad_cuda_nn_kernels = {
   .softmax_bwd = ad_cuda_softmax_bwd,
   .attention_fwd = ad_cuda_attention_fwd,
   .attention_bwd = ad_cuda_attention_bwd,
+  .attention_half = true,
   .embedding_fwd = ad_cuda_embedding_fwd,
   .embedding_bwd = ad_cuda_embedding_bwd,
   .dropout_fwd = ad_cuda_dropout_fwd,

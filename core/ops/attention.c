@@ -8,8 +8,12 @@
  * kernel reads in place, so a (Lq, Lk) mask is never copied per head. A bool
  * mask marks the keys to attend to; a float mask is added to the scores and
  * is differentiable. is_causal keeps key j <= query i (PyTorch's top-left
- * aligned tril) and may be combined with a mask. */
+ * aligned tril) and may be combined with a mask. f16/bf16 attention runs in
+ * the half type where the backend says it can (attention_half: CUDA, with
+ * f32 scores and tensor-core products, as PyTorch's autocast einsum does);
+ * elsewhere it is computed in f32 and rounded back. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "../ad.h"
 #include "../backend_nn.h"
@@ -32,7 +36,7 @@ static ad_status attention_backward(ad_node *node, ad_tensor *const *gout, ad_te
   if (node->needs_grad[1]) AD_TRY_GOTO(st, ad_empty_like(&dk, k), fail);
   if (node->needs_grad[2]) AD_TRY_GOTO(st, ad_empty_like(&dv, v), fail);
   if (node->needs_grad[3] && mask)
-    AD_TRY_GOTO(st, ad_empty(&dm, mask->ndim, mask->shape, q->dtype, q->storage->device), fail);
+    AD_TRY_GOTO(st, ad_empty(&dm, mask->ndim, mask->shape, mask->dtype, q->storage->device), fail);
   AD_TRY_GOTO(st, nn->attention_bwd(dq, dk, dv, dm, dout, q, k, v, mask, lse, a->scale, a->causal), fail);
   ad_tensor_release(dout);
   gin[0] = dq;
@@ -48,6 +52,16 @@ fail:
   ad_tensor_release(dm);
   return st;
 }
+/* ADVDIFF_ATTN_HALF=0: half attention in f32 on every backend (for comparisons) */
+static bool half_attention_off(void) {
+  static int off = -1;
+  if (off < 0) {
+    const char *e = getenv("ADVDIFF_ATTN_HALF");
+    off = e && strcmp(e, "0") == 0;
+  }
+  return off != 0;
+}
+
 static const ad_opdef ATTENTION = {"scaled_dot_product_attention", attention_backward};
 
 /* t expanded to (batch..., rows, cols) and made contiguous (recorded) */
@@ -117,7 +131,10 @@ ad_status ad_scaled_dot_product_attention(ad_tensor **out, const ad_tensor *q, c
   if (scale <= 0) scale = D > 0 ? 1.0 / sqrt((double)D) : 1.0;
 
   ad_status st;
-  if (ad_nn_is_half(q->dtype)) {
+  const struct ad_nn_kernels *nn = NULL;
+  const ad_backend *bk = NULL;
+  AD_TRY(ad_nn_table(&nn, &bk, q));
+  if (ad_nn_is_half(q->dtype) && (!nn->attention_half || half_attention_off())) {
     ad_tensor *qf = NULL, *kf = NULL, *vf = NULL, *mf = NULL, *y = NULL;
     AD_TRY_GOTO(st, ad_to_dtype(&qf, q, AD_F32), half_done);
     AD_TRY_GOTO(st, ad_to_dtype(&kf, k, AD_F32), half_done);
@@ -133,17 +150,15 @@ ad_status ad_scaled_dot_product_attention(ad_tensor **out, const ad_tensor *q, c
     return st;
   }
 
-  const struct ad_nn_kernels *nn = NULL;
-  const ad_backend *bk = NULL;
-  AD_TRY(ad_nn_table(&nn, &bk, q));
   AD_NEED_KERNEL(nn->attention_fwd, op, bk);
   const ad_dtype dt = q->dtype;
+  const ad_dtype sdt = ad_nn_is_half(dt) ? AD_F32 : dt;   /* scores, lse, a float mask */
   ad_tensor *qc = NULL, *kc = NULL, *vc = NULL, *mc = NULL, *me = NULL, *y = NULL, *lse = NULL;
   AD_TRY_GOTO(st, expand_batch(&qc, q, nb, bshape), fail);
   AD_TRY_GOTO(st, expand_batch(&kc, k, nb, bshape), fail);
   AD_TRY_GOTO(st, expand_batch(&vc, v, nb, bshape), fail);
   if (mask) {
-    AD_TRY_GOTO(st, ad_to_dtype(&mc, mask, mask->dtype == AD_BOOL ? AD_BOOL : dt), fail);
+    AD_TRY_GOTO(st, ad_to_dtype(&mc, mask, mask->dtype == AD_BOOL ? AD_BOOL : sdt), fail);
     if (ad_shape_eq(mc->ndim, mc->shape, nb + 2, sshape)) { me = mc; ad_tensor_retain(me); }
     else AD_TRY_GOTO(st, ad_expand(&me, mc, nb + 2, sshape), fail);
   }
@@ -153,7 +168,7 @@ ad_status ad_scaled_dot_product_attention(ad_tensor **out, const ad_tensor *q, c
     oshape[nb] = Lq;
     oshape[nb + 1] = v->shape[v->ndim - 1];
     AD_TRY_GOTO(st, ad_empty(&y, nb + 2, oshape, dt, q->storage->device), fail);
-    AD_TRY_GOTO(st, ad_empty(&lse, nb + 1, oshape, dt, q->storage->device), fail);
+    AD_TRY_GOTO(st, ad_empty(&lse, nb + 1, oshape, sdt, q->storage->device), fail);
   }
   if (ad_numel(y) > 0 || ad_numel(lse) > 0)
     AD_TRY_GOTO(st, nn->attention_fwd(y, lse, qc, kc, vc, me, scale, is_causal), fail);

@@ -152,20 +152,30 @@ cudaError_t ad_launch_softmax_bwd(const adk_ctx *c, void *dx, const void *dy, co
  * and column strides. */
 typedef struct adk_attn_mask {
   const void *data;            /* NULL: no mask */
-  int dtype;                   /* ADK_BOOL or the compute dtype */
+  int dtype;                   /* ADK_BOOL or the score dtype */
   int nbatch;
   int64_t bshape[ADK_MAX_DIMS];
   int64_t mstrides[ADK_MAX_DIMS];
 } adk_attn_mask;
-/* S <- softmax(S + mask) in place (causal and masked entries 0); lse (B*Lq) for rows b0.. */
-cudaError_t ad_launch_attention_softmax(const adk_ctx *c, void *S, void *lse, int dtype, int64_t b0, int64_t nb,
-                                        int64_t Lq, int64_t Lk, const adk_attn_mask *m, bool causal);
-/* S <- P = exp(S + mask - lse) (recomputed probabilities) */
-cudaError_t ad_launch_attention_probs(const adk_ctx *c, void *S, const void *lse, int dtype, int64_t b0,
-                                      int64_t nb, int64_t Lq, int64_t Lk, const adk_attn_mask *m, bool causal);
-/* dP <- P (dP - rowsum(P dP)) */
-cudaError_t ad_launch_attention_dscores(const adk_ctx *c, const void *P, void *dP, int dtype, int64_t rows,
-                                        int64_t Lk);
+/* P <- softmax(S + mask) (causal and masked entries 0); lse (B*Lq) for rows b0...
+ * hdtype < 0: P has S's dtype and may be S itself; hdtype ADK_F16/ADK_BF16: S and
+ * lse are f32 and P is a half copy (f16/bf16 attention: scores in f32, the
+ * products on tensor cores). */
+cudaError_t ad_launch_attention_softmax(const adk_ctx *c, const void *S, void *P, int hdtype, void *lse, int dtype,
+                                        int64_t b0, int64_t nb, int64_t Lq, int64_t Lk, const adk_attn_mask *m,
+                                        bool causal);
+/* P = exp(S + mask - lse), the probabilities recomputed in backward: into S in
+ * place when keep, into Ph (hdtype, or NULL) as a half copy */
+cudaError_t ad_launch_attention_probs(const adk_ctx *c, void *S, void *Ph, int hdtype, bool keep, const void *lse,
+                                      int dtype, int64_t b0, int64_t nb, int64_t Lq, int64_t Lk,
+                                      const adk_attn_mask *m, bool causal);
+/* dS = P (dP - rowsum(P dP)) over nb*Lq rows: P read from Pm, or recomputed from
+ * the scores in Pm when lse is given (rows b0.., the mask and causal as in
+ * softmax); dS into dP in place when keep, into dSh (hdtype, or NULL) as a
+ * half copy */
+cudaError_t ad_launch_attention_dscores(const adk_ctx *c, const void *Pm, const void *lse, int64_t b0, int64_t Lq,
+                                        const adk_attn_mask *m, bool causal, void *dP, bool keep, void *dSh,
+                                        int hdtype, int dtype, int64_t nb, int64_t Lk);
 
 /* ======================================================================= loss.cu */
 /* pointwise: kind = ad_pointwise_loss, r = ad_reduction; weight/pos_weight may be NULL */
