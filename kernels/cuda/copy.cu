@@ -54,17 +54,91 @@ __global__ void copy_kernel(adk_iter it, int64_t n) {
   }
 }
 
+/* ---- typed paths: the pairs a training step converts all the time ----------
+ * (f32 <-> f16/bf16 under autocast, f32 <-> f64, and same-dtype strided
+ * copies), compiled per pair so no element pays copy_elem's dtype switch, and
+ * vectorised when both sides are contiguous. The conversions are copy_elem's
+ * (the same ad_f32_to_bf16 etc.), so the bits do not depend on the path. */
+template <typename D, typename S> struct Cvt {
+  static __device__ __forceinline__ void run(D *d, const S *s) { adk_st(d, adk_ld(s)); }
+};
+template <typename T> struct Cvt<T, T> {
+  static __device__ __forceinline__ void run(T *d, const T *s) { *d = *s; }
+};
+
+template <typename T, int V> struct alignas(sizeof(T) * V) cvec { T v[V]; };
+
+/* both contiguous: V elements per access (16 bytes on the wider side) */
+template <typename D, typename S, int V>
+__global__ void copy_flat_kernel(D *__restrict__ d, const S *__restrict__ s, int64_t n) {
+  const int64_t stride = (int64_t)blockDim.x * gridDim.x, first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t nv = n / V;
+  for (int64_t i = first; i < nv; i += stride) {
+    const cvec<S, V> a = ((const cvec<S, V> *)s)[i];
+    cvec<D, V> b;
+#pragma unroll
+    for (int k = 0; k < V; k++) Cvt<D, S>::run(&b.v[k], &a.v[k]);
+    ((cvec<D, V> *)d)[i] = b;
+  }
+  for (int64_t i = nv * V + first; i < n; i += stride) Cvt<D, S>::run(d + i, s + i);
+}
+
+template <typename IDX, typename D, typename S>
+__global__ void copy_typed_kernel(adk_iter it, int64_t n) {
+  D *d = (D *)it.data[0];
+  const S *s = (const S *)it.data[1];
+  ADK_GRID_LOOP(i, n) {
+    int64_t off[2];
+    adk_offsets<IDX, 2>(it, (IDX)i, off);
+    Cvt<D, S>::run(d + off[0], s + off[1]);
+  }
+}
+
+template <typename D, typename S>
+static cudaError_t copy_typed(const adk_ctx *c, const adk_iter &it, int64_t n) {
+  const int threads = 256;
+  if (adk_iter_is_flat(&it) && it.strides[0][0] == 1 && it.strides[1][0] == 1) {
+    constexpr int V = 16 / (sizeof(D) > sizeof(S) ? sizeof(D) : sizeof(S));
+    const uintptr_t pd = (uintptr_t)it.data[0], ps = (uintptr_t)it.data[1];
+    if (V > 1 && pd % (sizeof(D) * V) == 0 && ps % (sizeof(S) * V) == 0)
+      copy_flat_kernel<D, S, V><<<adk_blocks(c, (n + V - 1) / V, threads), threads, 0, c->stream>>>(
+          (D *)it.data[0], (const S *)it.data[1], n);
+    else
+      copy_flat_kernel<D, S, 1><<<adk_blocks(c, n, threads), threads, 0, c->stream>>>((D *)it.data[0],
+                                                                                      (const S *)it.data[1], n);
+    return adk_launched();
+  }
+  const unsigned blocks = adk_blocks(c, n, threads);
+  if (n < ((int64_t)1 << 31)) copy_typed_kernel<uint32_t, D, S><<<blocks, threads, 0, c->stream>>>(it, n);
+  else copy_typed_kernel<uint64_t, D, S><<<blocks, threads, 0, c->stream>>>(it, n);
+  return adk_launched();
+}
+
 extern "C" cudaError_t ad_launch_copy(const adk_ctx *c, const adk_iter *it_in) {
   adk_iter it = *it_in;
   adk_iter_coalesce(&it);
   int64_t n = adk_iter_numel(&it);
   if (n == 0) return cudaSuccess;
+  const int dt = it.dtype[0], st = it.dtype[1];
+  if (dt == st && dt != ADK_BOOL && adk_iter_is_flat(&it) && it.strides[0][0] == 1 && it.strides[1][0] == 1)
+    return cudaMemcpyAsync(it.data[0], it.data[1], (size_t)n * adk_dtype_size(dt), cudaMemcpyDeviceToDevice,
+                           c->stream);
+  if (dt == st && dt != ADK_BOOL) {
+    switch (adk_dtype_size(dt)) {
+    case 8: return copy_typed<uint64_t, uint64_t>(c, it, n);
+    case 4: return copy_typed<uint32_t, uint32_t>(c, it, n);
+    case 2: return copy_typed<uint16_t, uint16_t>(c, it, n);
+    default: return copy_typed<uint8_t, uint8_t>(c, it, n);
+    }
+  }
+  if (dt == ADK_BF16 && st == ADK_F32) return copy_typed<adk_bf16, float>(c, it, n);
+  if (dt == ADK_F32 && st == ADK_BF16) return copy_typed<float, adk_bf16>(c, it, n);
+  if (dt == ADK_F16 && st == ADK_F32) return copy_typed<adk_f16, float>(c, it, n);
+  if (dt == ADK_F32 && st == ADK_F16) return copy_typed<float, adk_f16>(c, it, n);
+  if (dt == ADK_F32 && st == ADK_F64) return copy_typed<float, double>(c, it, n);
+  if (dt == ADK_F64 && st == ADK_F32) return copy_typed<double, float>(c, it, n);
   const int threads = 256;
   unsigned blocks = adk_blocks(c, n, threads);
-  if (it.dtype[0] == it.dtype[1] && it.dtype[0] != ADK_BOOL && adk_iter_is_flat(&it) && it.strides[0][0] == 1 &&
-      it.strides[1][0] == 1)
-    return cudaMemcpyAsync(it.data[0], it.data[1], (size_t)n * adk_dtype_size(it.dtype[0]),
-                           cudaMemcpyDeviceToDevice, c->stream);
   if (n < ((int64_t)1 << 31)) copy_kernel<uint32_t><<<blocks, threads, 0, c->stream>>>(it, n);
   else copy_kernel<uint64_t><<<blocks, threads, 0, c->stream>>>(it, n);
   return adk_launched();

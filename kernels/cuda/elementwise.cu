@@ -318,6 +318,58 @@ __global__ void ew_flat_kernel(flat_args<NO, NI> p, int64_t n, F f) {
   }
 }
 
+/* Two dims after coalescing, each operand contiguous along the inner one or
+ * constant along it (stride 0): the broadcasts of NCHW training, x (N, C, H, W)
+ * against a per-(n, c) or per-channel scale. Rows of `cols` elements, V per
+ * thread with vector loads; one index division per V elements instead of one
+ * per element in ew_strided_kernel. */
+template <int NO, int NI> struct rows_args {
+  void *out[NO];
+  const void *in[NI];
+  int64_t out_rs[NO], in_rs[NI];   /* row strides, elements */
+  bool in_vec[NI];                 /* inner stride 1 (else 0: one value per row) */
+};
+
+template <typename SO, typename SI, int NO, int NI, int V, typename IDX, typename F>
+__global__ void ew_rows_kernel(rows_args<NO, NI> p, int64_t rows, int64_t cols, F f) {
+  typedef typename ct_of<SI>::type C;
+  const IDX cv = (IDX)(cols / V), nv = (IDX)rows * cv;
+  for (IDX i = (IDX)blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += (IDX)blockDim.x * gridDim.x) {
+    const IDX r = i / cv, c = i - r * cv;
+    C in[NI][V], out[NO][V];
+#pragma unroll
+    for (int k = 0; k < NI; k++) {
+      const SI *base = (const SI *)p.in[k] + (int64_t)r * p.in_rs[k];
+      if (p.in_vec[k]) {
+        const vec_t<SI, V> t = ((const vec_t<SI, V> *)base)[c];
+#pragma unroll
+        for (int u = 0; u < V; u++) in[k][u] = adk_ld(&t.v[u]);
+      } else {
+        const C v = adk_ld(base);
+#pragma unroll
+        for (int u = 0; u < V; u++) in[k][u] = v;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < V; u++) {
+      C a[NI], o[NO];
+#pragma unroll
+      for (int k = 0; k < NI; k++) a[k] = in[k][u];
+      f(o, a);
+#pragma unroll
+      for (int k = 0; k < NO; k++) out[k][u] = o[k];
+    }
+#pragma unroll
+    for (int k = 0; k < NO; k++) {
+      if (!p.out[k]) continue;
+      vec_t<SO, V> t;
+#pragma unroll
+      for (int u = 0; u < V; u++) adk_st(&t.v[u], out[k][u]);
+      ((vec_t<SO, V> *)((SO *)p.out[k] + (int64_t)r * p.out_rs[k]))[c] = t;
+    }
+  }
+}
+
 /* Integer results wrap like C integer arithmetic (the CPU's ew_store, not the
  * saturating conversion of copies): out-of-range doubles and NaN are pinned to
  * int64 first, then truncated to the width. */
@@ -378,6 +430,32 @@ static cudaError_t run_typed(const adk_ctx *c, adk_iter &it, int64_t n, F f) {
       ew_flat_kernel<SO, SI, NO, NI, 1, F><<<adk_blocks(c, n, EW_THREADS), EW_THREADS, 0, c->stream>>>(p, n, f);
     }
     return adk_launched();
+  }
+  if (it.ndim == 2) {   /* rows with per-row broadcasts: ew_rows_kernel when everything aligns */
+    constexpr int V = 16 / (int)sizeof(SI) >= 16 / (int)sizeof(SO) ? 16 / (int)sizeof(SO) : 16 / (int)sizeof(SI);
+    const int64_t rows = it.shape[0], cols = it.shape[1];
+    rows_args<NO, NI> p;
+    bool ok = V > 1 && cols % V == 0;
+    for (int k = 0; k < NO && ok; k++) {
+      p.out[k] = it.data[k];
+      p.out_rs[k] = it.strides[k][0];
+      if (p.out[k] && (it.strides[k][1] != 1 || (uintptr_t)p.out[k] % (sizeof(SO) * V) || p.out_rs[k] % V)) ok = false;
+    }
+    for (int k = 0; k < NI && ok; k++) {
+      p.in[k] = it.data[NO + k];
+      p.in_rs[k] = it.strides[NO + k][0];
+      p.in_vec[k] = it.strides[NO + k][1] == 1;
+      if (it.strides[NO + k][1] != 0 && !p.in_vec[k]) ok = false;
+      if (p.in_vec[k] && ((uintptr_t)p.in[k] % (sizeof(SI) * V) || p.in_rs[k] % V)) ok = false;
+    }
+    if (ok) {
+      const unsigned blocks = adk_blocks(c, n / V, EW_THREADS);
+      if (n / V < ((int64_t)1 << 31))
+        ew_rows_kernel<SO, SI, NO, NI, V, uint32_t, F><<<blocks, EW_THREADS, 0, c->stream>>>(p, rows, cols, f);
+      else
+        ew_rows_kernel<SO, SI, NO, NI, V, uint64_t, F><<<blocks, EW_THREADS, 0, c->stream>>>(p, rows, cols, f);
+      return adk_launched();
+    }
   }
   unsigned blocks = adk_blocks(c, n, EW_THREADS);
   if (n < ((int64_t)1 << 31))

@@ -107,6 +107,66 @@ ADK_INLINE bool avg_win(const pool_geom &g, int64_t H, int64_t W, int64_t oh, in
   return true;
 }
 
+/* The common case (no padding, kernel == stride, every window inside the
+ * input: floor mode, or ceil mode that adds no partial window) in 32-bit
+ * index math: the windows tile the input without overlap or clipping, so each
+ * input element has at most one window and every divisor is avg_win's
+ * kh*kw (or the override). The sums below run in the general kernels' order,
+ * so the bits are theirs. */
+static bool avg_tiles(const pool_geom &g, int64_t P, int64_t H, int64_t W, int64_t Ho, int64_t Wo) {
+  return g.ph == 0 && g.pw == 0 && g.kh == g.sh && g.kw == g.sw && Ho > 0 && Wo > 0 && Ho * g.kh <= H &&
+         Wo * g.kw <= W && P * H * W <= INT32_MAX;
+}
+static double avg_tile_div(const pool_geom &g) {
+  return g.divisor_override ? (double)g.divisor_override : (double)(g.kh * g.kw);
+}
+
+/* KH, KW: the window when known at compile time (2x2: the loads of a window
+ * are all issued before the first add), 0: kh, kw at run time */
+template <typename T, int KH, int KW>
+__global__ void avg_pool2d_fwd_tiled_kernel(T *y, const T *x, uint32_t n, uint32_t H, uint32_t W, uint32_t Ho,
+                                            uint32_t Wo, uint32_t kh_, uint32_t kw_, double div) {
+  const uint32_t kh = KH ? KH : kh_, kw = KW ? KW : kw_;
+  for (uint32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += blockDim.x * gridDim.x) {
+    const uint32_t r = k / Wo, ow = k - r * Wo, p = r / Ho, oh = r - p * Ho;
+    const T *xp = x + ((p * H + oh * kh) * W + ow * kw);
+    double s = 0;
+#pragma unroll
+    for (uint32_t i = 0; i < kh; i++)
+#pragma unroll
+      for (uint32_t j = 0; j < kw; j++) s += (double)xp[i * W + j];
+    s /= div;
+    y[k] = (T)s;
+  }
+}
+
+/* Backward per output (one division per window, not per input element): its
+ * window gets dy/div, and the last window of a row / column also zeroes the
+ * inputs right of / below it that no window covers. s starts at 0 as in the
+ * general path (0 + -0 is +0). */
+template <typename T, int KH, int KW>
+__global__ void avg_pool2d_bwd_tiled_kernel(T *dx, const T *dy, uint32_t n, uint32_t H, uint32_t W, uint32_t Ho,
+                                            uint32_t Wo, uint32_t kh_, uint32_t kw_, double div) {
+  const uint32_t kh = KH ? KH : kh_, kw = KW ? KW : kw_;
+  for (uint32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += blockDim.x * gridDim.x) {
+    const uint32_t r = k / Wo, ow = k - r * Wo, p = r / Ho, oh = r - p * Ho;
+    double s = 0;
+    s += (double)dy[k] / div;
+    const T v = (T)s;
+    const uint32_t h0 = oh * kh, h1 = h0 + kh, w0 = ow * kw, w1 = w0 + kw, we = ow == Wo - 1 ? W : w1;
+    T *dp = dx + p * H * W;
+#pragma unroll
+    for (uint32_t i = 0; i < kh; i++)
+#pragma unroll
+      for (uint32_t j = 0; j < kw; j++) dp[(h0 + i) * W + w0 + j] = v;
+    for (uint32_t ih = h0; ih < h1; ih++)
+      for (uint32_t iw = w1; iw < we; iw++) dp[ih * W + iw] = (T)0;
+    if (oh == Ho - 1)
+      for (uint32_t ih = h1; ih < H; ih++)
+        for (uint32_t iw = w0; iw < we; iw++) dp[ih * W + iw] = (T)0;
+  }
+}
+
 template <typename T>
 __global__ void avg_pool2d_fwd_kernel(T *y, const T *x, int64_t P, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
                                       pool_geom g) {
@@ -128,6 +188,13 @@ extern "C" cudaError_t ad_launch_avg_pool2d_fwd(const adk_ctx *c, void *y, const
   const int64_t n = P * Ho * Wo;
   if (n == 0) return cudaSuccess;
   pool_geom g = geom_of(a);
+  if (avg_tiles(g, P, H, W, Ho, Wo)) {
+    const bool k22 = g.kh == 2 && g.kw == 2;
+    ADK_DISPATCH_F(dtype, T, ((k22 ? avg_pool2d_fwd_tiled_kernel<T, 2, 2> : avg_pool2d_fwd_tiled_kernel<T, 0, 0>)
+                              <<<adk_blocks(c, n, 256), 256, 0, c->stream>>>((T *)y, (const T *)x, (uint32_t)n, H, W,
+                                                                             Ho, Wo, g.kh, g.kw, avg_tile_div(g))));
+    return adk_launched();
+  }
   ADK_DISPATCH_F(dtype, T, (avg_pool2d_fwd_kernel<T><<<adk_blocks(c, n, 256), 256, 0, c->stream>>>(
                               (T *)y, (const T *)x, P, H, W, Ho, Wo, g)));
   return adk_launched();
@@ -164,6 +231,15 @@ extern "C" cudaError_t ad_launch_avg_pool2d_bwd(const adk_ctx *c, void *dx, cons
   const int64_t n = P * H * W;
   if (n == 0) return cudaSuccess;
   pool_geom g = geom_of(a);
+  if (avg_tiles(g, P, H, W, Ho, Wo)) {
+    const int64_t no = P * Ho * Wo;
+    const bool k22 = g.kh == 2 && g.kw == 2;
+    ADK_DISPATCH_F(dtype, T, ((k22 ? avg_pool2d_bwd_tiled_kernel<T, 2, 2> : avg_pool2d_bwd_tiled_kernel<T, 0, 0>)
+                              <<<adk_blocks(c, no, 256), 256, 0, c->stream>>>((T *)dx, (const T *)dy, (uint32_t)no, H,
+                                                                              W, Ho, Wo, g.kh, g.kw,
+                                                                              avg_tile_div(g))));
+    return adk_launched();
+  }
   ADK_DISPATCH_F(dtype, T, (avg_pool2d_bwd_kernel<T><<<adk_blocks(c, n, 256), 256, 0, c->stream>>>(
                               (T *)dx, (const T *)dy, P, H, W, Ho, Wo, g)));
   return adk_launched();

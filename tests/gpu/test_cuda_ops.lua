@@ -84,6 +84,16 @@ row { name = "add (permuted + broadcast row)", tol = EXACT, make = function() re
       fn = function(a, b) return a:permute(3, 1, 2) + b:view(3, 1, 1) end }
 row { name = "add (bf16)", half = "bf16", tol = HALF, make = function() return { R(33, 17), R(17) } end,
       fn = function(a, b) return a + b end }
+-- NCHW broadcasts that coalesce to rows (the vectorised rows kernel), and one that does not align
+row { name = "mul + add (bf16, per-(n, c) scale and shift rows)", half = "bf16", tol = HALF,
+      make = function() return { R(4, 6, 8, 8), R(4, 6, 1, 1), R(4, 6, 1, 1) } end,
+      fn = function(x, s, t) return x * (s + 1) + t end }
+row { name = "mul (f32, rows against a row vector, and rows of 12)", tol = EXACT,
+      make = function() return { R(3, 5, 64), R(3, 5, 1), R(5, 12), R(1, 12) } end,
+      fn = function(a, b, c, d) return (a * b):sum() + (c * d):sum() end }
+row { name = "sub (f16, rows of 8, offset view)", half = "f16", tol = HALF,
+      make = function() return { R(7, 9, 8), R(7, 9, 1) } end,
+      fn = function(a, b) return a:narrow(2, 2, 8) - b:narrow(2, 2, 8) end }
 for _, name in ipairs({ "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor" }) do
   row { name = name, grad = false, tol = 0,
         make = function() return { ad.round(R(7, 9) * 2), ad.round(R(7, 9) * 2) } end,
@@ -177,6 +187,20 @@ row { name = "conv1d (ADM qkv)", tol = CONV, make = function() return { R(2, 16,
 row { name = "conv2d (bf16, cuDNN)", half = "bf16", tol = HALF,
       make = function() return { R(2, 16, 12, 12), R(32, 16, 3, 3), R(32) } end,
       fn = function(x, w, b) return ad.conv2d(x, w, b, { padding = 1 }) end }
+-- the bias kernels: 16-byte runs (S a multiple of 8 / 4) or single elements, and a
+-- bias gradient split over batch slices (N*S large enough) folded by a second kernel
+row { name = "conv2d bias (bf16, 7x7 planes)", half = "bf16", tol = HALF,
+      make = function() return { R(3, 8, 7, 7), R(24, 8, 3, 3), R(24) } end,
+      fn = function(x, w, b) return ad.conv2d(x, w, b, { padding = 1 }) end }
+row { name = "conv2d bias (bf16, split gradient)", half = "bf16", tol = HALF,
+      make = function() return { R(4, 2, 64, 64), R(16, 2, 1, 1), R(16) } end,
+      fn = function(x, w, b) return ad.conv2d(x, w, b) end }
+row { name = "conv2d bias (bf16, odd planes, split gradient)", half = "bf16", tol = HALF,
+      make = function() return { R(8, 2, 45, 45), R(8, 2, 1, 1), R(8) } end,
+      fn = function(x, w, b) return ad.conv2d(x, w, b) end }
+row { name = "conv2d bias (f32, split gradient)", tol = CONV,
+      make = function() return { R(4, 2, 48, 48), R(8, 2, 3, 3), R(8) } end,
+      fn = function(x, w, b) return ad.conv2d(x, w, b, { padding = 1 }) end }
 row { name = "conv2d (f16, cuDNN)", half = "f16", tol = HALF,
       make = function() return { R(2, 16, 12, 12), R(32, 16, 3, 3) } end,
       fn = function(x, w) return ad.conv2d(x, w, nil, { padding = 1, stride = 2 }) end }
@@ -191,6 +215,16 @@ row { name = "avg_pool2d ceil_mode, no pad count", tol = EXACT, make = function(
       fn = function(x) return ad.avg_pool2d(x, 3, { stride = 2, padding = 1, ceil_mode = true, count_include_pad = false }) end }
 row { name = "avg_pool2d 2x2 (ADM downsample)", tol = EXACT, make = function() return { R(2, 4, 8, 8) } end,
       fn = function(x) return ad.avg_pool2d(x, 2) end }
+-- kernel == stride without padding: the tiled kernels (edges dropped by floor mode,
+-- non-square windows, divisor_override); ceil mode with a partial window: the general ones
+row { name = "avg_pool2d 2x2 32x32 planes", tol = EXACT, make = function() return { R(4, 16, 32, 32) } end,
+      fn = function(x) return ad.avg_pool2d(x, 2) end }
+row { name = "avg_pool2d 2x2, dropped edges", tol = EXACT, make = function() return { R(2, 3, 9, 11) } end,
+      fn = function(x) return ad.avg_pool2d(x, 2) end }
+row { name = "avg_pool2d 2x3, divisor_override", tol = EXACT, make = function() return { R(2, 3, 8, 10) } end,
+      fn = function(x) return ad.avg_pool2d(x, { 2, 3 }, { divisor_override = 5 }) end }
+row { name = "avg_pool2d 2x2 ceil_mode, partial", tol = EXACT, make = function() return { R(2, 3, 9, 9) } end,
+      fn = function(x) return ad.avg_pool2d(x, 2, { ceil_mode = true }) end }
 row { name = "adaptive_avg_pool2d 7x9 -> 3x4", tol = EXACT, make = function() return { R(2, 3, 7, 9) } end,
       fn = function(x) return ad.adaptive_avg_pool2d(x, { 3, 4 }) end }
 row { name = "interpolate nearest x2", tol = EXACT, make = function() return { R(2, 3, 5, 6) } end,
@@ -243,6 +277,13 @@ row { name = "attention float mask (differentiable)", tol = RED,
 row { name = "attention (bf16)", half = "bf16", tol = HALF,
       make = function() return { R(2, 4, 64, 32), R(2, 4, 64, 32), R(2, 4, 64, 32) } end,
       fn = function(q, k, v) return ad.scaled_dot_product_attention(q, k, v) end }
+-- half attention on CUDA: f32 scores and softmax, products on tensor cores
+row { name = "attention (f16, causal, rows of 300)", half = "f16", tol = HALF,
+      make = function() return { R(2, 3, 300, 64), R(2, 3, 300, 64), R(2, 3, 300, 48) } end,
+      fn = function(q, k, v) return ad.scaled_dot_product_attention(q, k, v, { is_causal = true }) end }
+row { name = "attention (bf16, float mask, differentiable)", half = "bf16", tol = HALF,
+      make = function() return { R(2, 3, 40, 32), R(2, 3, 56, 32), R(2, 3, 56, 32), R(3, 40, 56) } end,
+      fn = function(q, k, v, m) return ad.scaled_dot_product_attention(q, k, v, m) end }
 
 -- embedding, dropout
 row { name = "embedding (repeated indices)", tol = EXACT,
