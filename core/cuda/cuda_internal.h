@@ -18,6 +18,12 @@
 
 #define AD_CUDA_MAX_DEVICES 16
 
+/* Small host -> device copies (timesteps, labels, schedule values: a sampling
+ * step makes several) go through this many pinned slots of this size, so they
+ * are queued without waiting for the GPU (cuda_ctx.c). */
+#define AD_CUDA_SMALL_SLOTS 64
+#define AD_CUDA_SMALL_SLOT ((size_t)64 << 10)
+
 typedef struct ad_cuda_dev {
   int index;
   bool ready;
@@ -38,6 +44,10 @@ typedef struct ad_cuda_dev {
   void *stage[2];                /* pinned host staging buffers */
   cudaEvent_t stage_ev[2];
   size_t stage_size;
+  char *small;                   /* pinned slots for small host -> device copies */
+  cudaEvent_t small_ev[AD_CUDA_SMALL_SLOTS];
+  unsigned small_next;
+  int small_state;               /* 0 not tried, 1 ready, -1 unavailable */
 } ad_cuda_dev;
 
 /* ---- context (cuda_ctx.c) ---- */
@@ -78,6 +88,11 @@ void ad_cuda_alloc_release_cached(int device);
 ad_status ad_cuda_gemm_rm(ad_cuda_dev *d, ad_dtype dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                           double alpha, const void *A, int64_t lda, int64_t sa, const void *B, int64_t ldb,
                           int64_t sb, double beta, void *C, int64_t ldc, int64_t sc, int64_t batch);
+/* the same with C of another dtype: f16/bf16 operands may give f32 (the
+ * attention's scores, kept in f32 for the softmax) */
+ad_status ad_cuda_gemm_rm_ex(ad_cuda_dev *d, ad_dtype dtype, ad_dtype cdtype, bool ta, bool tb, int64_t m,
+                             int64_t n, int64_t k, double alpha, const void *A, int64_t lda, int64_t sa, const void *B,
+                             int64_t ldb, int64_t sb, double beta, void *C, int64_t ldc, int64_t sc, int64_t batch);
 bool ad_cuda_blas_use_lt(void);
 void ad_cuda_blas_set_lt(bool on);
 
