@@ -47,6 +47,8 @@ test("asking for a CUDA tensor without a GPU is a clear error", function()
   expect_error("no CUDA device", ad.cuda.synchronize)
   expect_error("no CUDA device", ad.cuda.memory_stats)
   expect_error("no CUDA device", ad.cuda.get_device_name)
+  expect_error("no CUDA device", ad.cuda.profiler_start)
+  expect_error("no CUDA device", ad.cuda.profiler_stop)
   -- the failed requests left nothing behind: the CPU keeps working
   assert(x:cpu():sum():item() == 6)
 end)
