@@ -231,16 +231,9 @@ local el = ad.data.DataLoader(eval_ds, { batch_size = #eval_ds, shuffle = false,
 local real = el:next()
 el:close()
 local n = real.x:shape()[1]
-local shape = { n, 3, size, size }
-local noise = ad.randn(shape, { generator = ad.Generator(cfg.seed + 100), device = dev })
-local sd = diffusion(tostring(cfg.sample_steps))
-local function sample(G, label)
-  io.stderr:write(string.format("sampling %d images from the %s model (%d respaced steps)\n", n, label, cfg.sample_steps))
-  return sd:p_sample_loop(G, shape, { noise = noise, model_kwargs = { y = real.y }, clip_denoised = true,
-    generator = ad.Generator(cfg.seed + 101), progress = true })
-end
-local s0 = sample(G0, "pretrained")
-local s1 = sample(G1, "fine-tuned")
+local s0, s1 = table.unpack(ad.metrics.sample_models(diffusion(tostring(cfg.sample_steps)), { G0, G1 },
+  { shape = { n, 3, size, size }, y = real.y, seed = cfg.seed, device = dev, progress = true,
+    names = { "pretrained", "fine-tuned" } }))
 local eval_dir = out .. "/eval"
 logm.mkdir(eval_dir)
 ad.save(eval_dir .. "/samples.npz", { pretrained = s0:cpu(), finetuned = s1:cpu(), labels = real.y:cpu() })
@@ -251,15 +244,10 @@ local res = ad.metrics.compare {
 }
 local t_eval = ad._now() - t_eval0
 
-local results = { pretrained = {}, real = {}, change_pct = {}, n_eval = n, lambda_adv = cfg.lambda_adv,
-                  gate_region = cfg.gate_region, timings_s = { adversarial = t_train, eval = t_eval }, config = cfg,
-                  paper = { sharpness = { 0.0355, 0.1385 }, precision = { 0.42, 0.28 }, recall = { 0.14, 0.03 } } }
-for key, e in pairs(res.metrics) do
-  results[key] = e.b
-  results.pretrained[key] = e.a
-  if e.real ~= nil then results.real[key] = e.real end
-  results.change_pct[key] = e.change_pct
-end
+local results = ad.metrics.flat_results(res.metrics, {
+  n_eval = n, lambda_adv = cfg.lambda_adv, gate_region = cfg.gate_region,
+  timings_s = { adversarial = t_train, eval = t_eval }, config = cfg,
+  paper = { sharpness = { 0.0355, 0.1385 }, precision = { 0.42, 0.28 }, recall = { 0.14, 0.03 } } })
 write_file(out .. "/results.json", json.encode(results, { indent = "  " }) .. "\n")
 write_file(out .. "/report.md", "# The paper's protocol on ImageNet 64x64\n\n"
   .. string.format("Generator %s, backbone %s, data %s (classes %s, %d per class), device %s; adversarial training "

@@ -570,16 +570,9 @@ local eval_info = stage("eval", {
   local real = l:next()
   l:close()
   local n = real.x:shape()[1]
-  local shape = { n, 1, 32, 32 }
-  local noise = ad.randn(shape, { generator = ad.Generator(cfg.seed + 100), device = dev })
-  local d = diffusion(tostring(cfg.sample_steps))
-  local function sample(G, label)
-    io.stderr:write(string.format("sampling %d images from the %s model (%d steps)\n", n, label, cfg.sample_steps))
-    return d:p_sample_loop(G, shape, { noise = noise, model_kwargs = { y = real.y }, clip_denoised = true,
-      generator = ad.Generator(cfg.seed + 101), progress = true })
-  end
-  local s0 = sample(G0, "pretrained")
-  local s1 = sample(G1, "fine-tuned")
+  local s0, s1 = table.unpack(ad.metrics.sample_models(diffusion(tostring(cfg.sample_steps)), { G0, G1 },
+    { shape = { n, 1, 32, 32 }, y = real.y, seed = cfg.seed, device = dev, progress = true,
+      names = { "pretrained", "fine-tuned" } }))
   ad.save(dir .. "/samples.npz", { pretrained = s0:cpu(), finetuned = s1:cpu(), real = real.x:cpu(), labels = real.y:cpu() })
   ad.image.save(dir .. "/real.png", ad.image.grid(((real.x:cpu() + 1) * 0.5):narrow(1, 1, math.min(64, n)),
     { nrow = 8, padding = 2, pad_value = 1 }))
@@ -602,20 +595,12 @@ if not cres or not table_md then error("quickstart: the evaluation left no resul
 
 ---------------------------------------------------------------------------- results and report
 
-local results = {
+local results = ad.metrics.flat_results(cres.metrics, {
   scale = cfg.scale, seed = cfg.seed, lambda_adv = cfg.lambda_adv, gate_region = cfg.gate_region,
-  pretrained = {}, real = {}, change_pct = {}, ci = {},
   classifier_accuracy = cls_info.test_accuracy_500, featnet_accuracy = feat_info.test_accuracy_500,
   pretrain_loss = pre_info.final_loss, n_eval = eval_info.n,
   timings_s = timings, config = cfg, stage_dirs = stage_dirs,
-}
-for key, e in pairs(cres.metrics or {}) do
-  results[key] = e.b
-  results.pretrained[key] = e.a
-  if e.real ~= nil then results.real[key] = e.real end
-  results.change_pct[key] = e.change_pct
-  results.ci[key] = { pretrained = e.ci_a, finetuned = e.ci_b, change_pct = e.ci_change_pct }
-end
+})
 local total = 0
 for _, k in ipairs(STAGE_ORDER) do total = total + (timings[k] or 0) end
 timings.stages_total = total

@@ -496,3 +496,37 @@ test("compare: the table with intervals, warnings, Markdown, JSON and PNGs", fun
   assert(rel(is.a, want) < 1e-6)
   os.execute("rm -rf '" .. dir .. "'")
 end)
+
+test("sample_models: the same x_T, labels and step noise for every model; flat_results", function()
+  local d = ad.diffusion.create { steps = 100, noise_schedule = "linear", timestep_respacing = "5" }
+  local seen = {}
+  -- two "models" predicting eps = c * x: the same c must give the same samples
+  local function model(c)
+    return function(x, t, kw)
+      seen[#seen + 1] = kw.y
+      return x * c
+    end
+  end
+  local shape = { 3, 1, 4, 4 }
+  local y = ad.tensor({ 1, 2, 3 }, { dtype = "i64" })
+  local s = metrics.sample_models(d, { model(0.1), model(0.1), model(0.3) }, { shape = shape, y = y, seed = 7 })
+  assert(#s == 3)
+  assert((s[1] - s[2]):abs():max():item() == 0, "the same model twice must give the same samples")
+  assert((s[1] - s[3]):abs():max():item() > 1e-3, "different models must differ")
+  assert(#seen > 0)
+  for _, v in ipairs(seen) do assert(rawequal(v, y), "the labels reach every call") end
+  -- the same seed again: the same samples; another seed: others
+  local again = metrics.sample_models(d, { model(0.1) }, { shape = shape, y = y, seed = 7 })
+  assert((again[1] - s[1]):abs():max():item() == 0)
+  local other = metrics.sample_models(d, { model(0.1) }, { shape = shape, y = y, seed = 8 })
+  assert((other[1] - s[1]):abs():max():item() > 1e-3)
+  expect_error("opts.shape", function() return metrics.sample_models(d, { model(0.1) }, {}) end)
+  expect_error("list of generators", function() return metrics.sample_models(d, {}, { shape = shape }) end)
+
+  local r = metrics.flat_results({ sharpness = { a = 1, b = 2, real = 3, change_pct = 100, ci_a = { 0.9, 1.1 } },
+                                   fid = { a = 10, b = 8, change_pct = -20 } }, { n_eval = 5 })
+  assert(r.n_eval == 5 and r.sharpness == 2 and r.fid == 8)
+  assert(r.pretrained.sharpness == 1 and r.pretrained.fid == 10)
+  assert(r.real.sharpness == 3 and r.real.fid == nil)
+  assert(r.change_pct.fid == -20 and r.ci.sharpness.pretrained[2] == 1.1)
+end)

@@ -9,6 +9,8 @@
 --     D = discriminator, labels = {real = y_real, a = y, b = y},
 --     out = "eval/run1"}
 --   print(res.markdown)
+--   local s0, s1 = table.unpack(ad.metrics.sample_models(d, {G0, G1}, {shape = shape, y = y}))
+--   local results = ad.metrics.flat_results(res.metrics)      -- for a results.json
 --
 -- Every number comes with a percentile bootstrap interval: the real set and
 -- each generated set are resampled with replacement (seeded; the two
@@ -474,6 +476,53 @@ function M.compare(opts)
     end
   end
   return res
+end
+
+--- Samples of several generators drawn the way the paper compares them: one
+-- x_T, the same labels, and the same per-step noise (a fresh generator with
+-- one seed for each model), so that the models differ and nothing else.
+--   local s = ad.metrics.sample_models(d, {G0, G1}, {shape = {n, 3, 64, 64}, y = labels, seed = 0})
+-- d: a diffusion (respaced as wanted); opts: shape, y (the class labels or
+-- nil), seed (x_T from seed + 100, the step noise from seed + 101), device,
+-- clip_denoised (true), progress, names (for the stderr lines). Returns the
+-- samples in the models' order.
+function M.sample_models(d, models, opts)
+  opts = opts or {}
+  if type(models) ~= "table" or #models == 0 then
+    error("sample_models: expected a list of generators, got " .. type(models), 2)
+  end
+  if type(opts.shape) ~= "table" then error("sample_models: opts.shape {N, C, H, W} is required", 2) end
+  local seed = opts.seed or 0
+  local noise = core.randn(opts.shape, { generator = core.Generator(seed + 100), device = opts.device })
+  local out = {}
+  for i, G in ipairs(models) do
+    if opts.names then
+      io.stderr:write(string.format("sampling %d images from the %s model (%d steps)\n", opts.shape[1],
+        opts.names[i] or ("model " .. i), d.num_timesteps))
+    end
+    out[i] = d:p_sample_loop(G, opts.shape, { noise = noise, model_kwargs = opts.y and { y = opts.y } or nil,
+      clip_denoised = opts.clip_denoised ~= false, generator = core.Generator(seed + 101),
+      progress = opts.progress })
+  end
+  return out
+end
+
+--- compare()'s metrics as flat fields of a results table (into, or a new one):
+-- into[key] = model b's value, into.pretrained[key] = model a's,
+-- into.real[key] (where the metric has one), into.change_pct[key], and
+-- into.ci[key] = {pretrained =, finetuned =, change_pct =} intervals.
+function M.flat_results(metrics, into)
+  into = into or {}
+  into.pretrained, into.real = into.pretrained or {}, into.real or {}
+  into.change_pct, into.ci = into.change_pct or {}, into.ci or {}
+  for key, e in pairs(metrics or {}) do
+    into[key] = e.b
+    into.pretrained[key] = e.a
+    if e.real ~= nil then into.real[key] = e.real end
+    into.change_pct[key] = e.change_pct
+    into.ci[key] = { pretrained = e.ci_a, finetuned = e.ci_b, change_pct = e.ci_change_pct }
+  end
+  return into
 end
 
 --- The Markdown report of a compare() result.

@@ -11,6 +11,7 @@
 --   local is, is_std = ad.metrics.inception_score(fake, {extractor = net})
 --   local fid_ref = ad.metrics.fid(ff, ad.metrics.reference_stats("VIRTUAL_imagenet64_labeled.npz"))
 --   local res = ad.metrics.compare{real = x, a = s0, b = s1, extractor = net, D = disc, out = "eval/"}
+--   local s = ad.metrics.sample_models(d, {G0, G1}, {shape = shape, y = y})   -- same noise for both
 --
 -- Heavy parts run in the core (core/metrics.h): k-NN radii and manifold
 -- counts (sgemm blocks with exact f64 decisions), mean/covariance (dsyrk),
@@ -79,12 +80,11 @@ M.radial_power_spectrum = spec.radial_power_spectrum
 -- the report (loaded on first use: it pulls in image output and plotting)
 setmetatable(M, {
   __index = function(t, k)
-    if k == "compare" or k == "discriminator_scores" or k == "RELIABLE_N" or k == "bootstrap_ci" then
+    local from_compare = { compare = true, discriminator_scores = true, RELIABLE_N = true, bootstrap_ci = true,
+                           sample_models = true, flat_results = true }
+    if from_compare[k] then
       local cmp = require "advdiff.metrics.compare"
-      rawset(t, "compare", cmp.compare)
-      rawset(t, "discriminator_scores", cmp.discriminator_scores)
-      rawset(t, "RELIABLE_N", cmp.RELIABLE_N)
-      rawset(t, "bootstrap_ci", cmp.bootstrap_ci)
+      for name in pairs(from_compare) do rawset(t, name, cmp[name]) end
       return rawget(t, k)
     end
     if k == "plot" then
