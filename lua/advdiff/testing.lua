@@ -161,6 +161,33 @@ function M.read_file(path)
   return s
 end
 
+--- A string quoted for sh: 'it'\''s'.
+function M.shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+--- Whether path can be opened for reading.
+function M.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+--- A fresh empty folder under the system's temporary folder.
+function M.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p " .. M.shell_quote(p)), "cannot make the folder " .. p)
+  return p
+end
+
+--- The names in a folder (with dotfiles, without . and ..); {} when it does not exist.
+function M.listdir(dir)
+  local h = io.popen("ls -1A " .. M.shell_quote(dir) .. " 2>/dev/null")
+  local names = {}
+  for l in h:lines() do names[#names + 1] = l end
+  h:close()
+  return names
+end
+
 --- A fixture manifest's "state_dict_keys_and_shapes": ordered list of {name, shape}.
 function M.manifest_keys(path)
   local s = M.read_file(path)

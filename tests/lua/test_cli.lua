@@ -118,7 +118,7 @@ do
   EXE = arg and arg[i]
 end
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local q = require("advdiff.testing").shell_quote
 
 local function slurp(path)
   local f = assert(io.open(path, "rb"))

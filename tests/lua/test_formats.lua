@@ -19,11 +19,7 @@ local FIX = os.getenv("ADVDIFF_FIXTURES") or (here .. "/../../../shared/fixtures
 local T = require "advdiff.testing"
 local tmp, cleanup_tmp, track_tmp, TMP = T.tmpfiles()
 local readfile, writefile = T.read_file, T.write_file
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = T.exists
 
 local function raises(pattern, fn, ...)
   local ok, err = pcall(fn, ...)

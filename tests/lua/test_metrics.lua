@@ -15,12 +15,7 @@ local function expect_error(pattern, fn, ...)
   assert(not ok, "expected an error matching '" .. pattern .. "'")
   assert(tostring(err):find(pattern), "error '" .. tostring(err) .. "' does not match '" .. pattern .. "'")
 end
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
-  return p
-end
+local tmpdir = T.tmpdir
 
 -- plain-Lua references --------------------------------------------------------
 local function rows_of(x)   -- (N, D) -> Lua rows of f64 numbers

@@ -14,15 +14,8 @@ local FIX = os.getenv("ADVDIFF_FIXTURES")
 if not FIX or FIX == "" then FIX = here .. "/../../../shared/fixtures" end
 local EXE = ad._proc_exe()
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function exists(p) local f = io.open(p, "r"); if f then f:close() end return f ~= nil end
-local function read(p) local f = assert(io.open(p, "r")); local s = f:read("a"); f:close(); return s end
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  os.execute("mkdir -p " .. q(p))
-  return p
-end
+local T = require "advdiff.testing"
+local q, exists, read, tmpdir = T.shell_quote, T.exists, T.read_file, T.tmpdir
 
 local FILES = {
   generator = FIX .. "/adm_tiny/adm_tiny.pt",

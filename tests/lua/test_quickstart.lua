@@ -12,9 +12,8 @@ local ROOT = here .. "/../.."
 local SCRIPT = ROOT .. "/experiments/quickstart.lua"
 local EXE = ad._proc_exe()
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function exists(p) local f = io.open(p, "r"); if f then f:close() end return f ~= nil end
-local function read(p) local f = assert(io.open(p, "r")); local s = f:read("a"); f:close(); return s end
+local T = require "advdiff.testing"
+local q, exists, read, tmpdir, ls = T.shell_quote, T.exists, T.read_file, T.tmpdir, T.listdir
 
 local function need()
   if not EXE or not EXE:find("advdiff[^/]*$") then skip("not run by the advdiff executable") end
@@ -46,12 +45,6 @@ local function run(dir, extra)
 end
 
 local dir
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  os.execute("mkdir -p " .. q(p))
-  return p
-end
 
 test("quickstart: every stage runs, results.json has the sweep's keys, the outputs exist", function()
   need()
@@ -142,14 +135,6 @@ local function count(text, s)
     if not a then return n end
     n, i = n + 1, b + 1
   end
-end
-
-local function ls(d)
-  local h = io.popen("ls -1A " .. q(d) .. " 2>/dev/null")
-  local names = {}
-  for l in h:lines() do names[#names + 1] = l end
-  h:close()
-  return names
 end
 
 local PRE = { "pretrain", "classifier", "featnet" }

@@ -13,19 +13,8 @@ local FAKE = here .. "/../sweep/fake_experiment.lua"
 local EXE = ad._proc_exe()
 local q = sweep._shell_quote
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  sweep._mkdir_p(p)
-  return p
-end
-
-local function read(path)
-  local f = assert(io.open(path, "r"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local T = require "advdiff.testing"
+local tmpdir, read, listdir = T.tmpdir, T.read_file, T.listdir
 
 local function write(path, text)
   local f = assert(io.open(path, "w"))
@@ -42,13 +31,6 @@ local function now() -- wall clock with sub-second resolution
   return t
 end
 
-local function listdir(dir)
-  local h = io.popen("ls -1 " .. q(dir) .. " 2>/dev/null")
-  local out = {}
-  for l in h:lines() do out[#out + 1] = l end
-  h:close()
-  return out
-end
 
 local function expect_error(pattern, fn, ...)
   local ok, err = pcall(fn, ...)

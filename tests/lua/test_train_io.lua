@@ -55,11 +55,7 @@ do
 end
 dofile(setup_file)
 
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = T.exists
 
 local function sleep(s) os.execute("sleep " .. s) end
 
