@@ -9,6 +9,8 @@ local slurm = require "advdiff.sweep.slurm"
 local json = require "advdiff.log.json"
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+-- absolute: the Slurm test runs the sweep's sbatch from another folder
+if here:sub(1, 1) ~= "/" then here = os.getenv("PWD") .. "/" .. here end
 local FAKE = here .. "/../sweep/fake_experiment.lua"
 local EXE = ad._proc_exe()
 local q = sweep._shell_quote
