@@ -78,10 +78,10 @@ M.prdc = prdc.prdc
 M.radial_power_spectrum = spec.radial_power_spectrum
 
 -- the report (loaded on first use: it pulls in image output and plotting)
+local from_compare = { compare = true, discriminator_scores = true, RELIABLE_N = true, bootstrap_ci = true,
+                       sample_models = true, flat_results = true }
 setmetatable(M, {
   __index = function(t, k)
-    local from_compare = { compare = true, discriminator_scores = true, RELIABLE_N = true, bootstrap_ci = true,
-                           sample_models = true, flat_results = true }
     if from_compare[k] then
       local cmp = require "advdiff.metrics.compare"
       for name in pairs(from_compare) do rawset(t, name, cmp[name]) end
